@@ -1,0 +1,61 @@
+"""The ``voxgate`` command: ``serve``, ``export`` and ``embed``.
+
+Each sub-command imports its implementation lazily, so ``voxgate serve`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PRETRAINED_NAMES = ("titanet_large", "titanet_small", "ecapa_tdnn", "speakerverification_speakernet")
+RANDOM_ARCHS = ("titanet-large", "titanet-medium", "titanet-small", "ecapa_tdnn", "speakernet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxgate", description="Speaker verification service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="bind address (default: settings, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: settings, 8000)")
+    serve.add_argument("--model", type=Path, help="model directory (default: models/default)")
+
+    export = sub.add_parser("export", help="export a speaker model to an ONNX graph + manifest")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--nemo", type=Path, metavar="FILE.nemo", help="a NeMo checkpoint")
+    source.add_argument("--pretrained", choices=PRETRAINED_NAMES, help="download a NeMo checkpoint")
+    source.add_argument("--arch", choices=RANDOM_ARCHS, help="build an untrained model (with --random-init)")
+    source.add_argument("--resemblyzer", type=Path, metavar="pretrained.pt", help="Resemblyzer GE2E weights")
+    export.add_argument("--random-init", action="store_true", help="with --arch: random weights")
+    export.add_argument("--out", type=Path, required=True, help="output directory")
+    export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    export.add_argument("--cache-dir", type=Path, help="download cache for --pretrained")
+    export.add_argument("--name", help="model name written to the manifest (default: derived)")
+
+    embed = sub.add_parser("embed", help="print embeddings of audio files as JSON lines")
+    embed.add_argument("--model", type=Path, help="model directory (default: models/default)")
+    embed.add_argument("files", nargs="+", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from app.server import serve
+
+        return serve(host=args.host, port=args.port, model_dir=args.model)
+    if args.command == "export":
+        from app.export.command import run_export
+
+        return run_export(args)
+    if args.command == "embed":
+        from app.embed_command import run_embed
+
+        return run_embed(model_dir=args.model, files=args.files)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

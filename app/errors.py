@@ -1,0 +1,82 @@
+"""One error base class; each subclass carries its HTTP status and a stable machine-readable code.
+
+The API renders every ``VoxGateError`` as an RFC 9457 problem+json body (see ``app.api.problems``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class VoxGateError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+# --- client input (4xx) ---
+class InvalidAudio(VoxGateError):
+    status, code, title = 400, "invalid_audio", "The audio could not be decoded"
+
+
+class UnsupportedMediaType(VoxGateError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class AudioTooLarge(VoxGateError):
+    status, code, title = 413, "audio_too_large", "Upload too large"
+
+
+class AudioTooLong(VoxGateError):
+    status, code, title = 422, "audio_too_long", "Recording too long"
+
+
+class NoSpeech(VoxGateError):
+    status, code, title = 422, "no_speech", "No speech found"
+
+
+class NotEnoughSpeech(VoxGateError):
+    status, code, title = 422, "not_enough_speech", "Not enough speech"
+
+
+class InvalidSpeakerId(VoxGateError):
+    status, code, title = 422, "invalid_speaker_id", "Invalid speaker id"
+
+
+class InvalidRequest(VoxGateError):
+    status, code, title = 422, "invalid_request", "Invalid request"
+
+
+class SpeakerNotFound(VoxGateError):
+    status, code, title = 404, "speaker_not_found", "Speaker not found"
+
+
+# --- server state (429 / 503 / 504) ---
+class Overloaded(VoxGateError):
+    status, code, title = 429, "overloaded", "Server overloaded, retry later"
+
+    def __init__(self, detail: str, retry_after_s: float = 1.0, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(VoxGateError):
+    status, code, title = 504, "deadline_exceeded", "Request deadline exceeded"
+
+
+class EngineUnavailable(VoxGateError):
+    status, code, title = 503, "engine_unavailable", "Inference engine unavailable"
+
+
+class StoreUnavailable(VoxGateError):
+    status, code, title = 503, "store_unavailable", "Voiceprint store (Redis) unreachable"
+
+
+class RequestCancelled(VoxGateError):
+    # The client went away; nobody reads this answer (499 as nginx uses it).
+    status, code, title = 499, "client_closed_request", "Client closed the request"

@@ -1,0 +1,120 @@
+"""The model contract: what an exported graph promises, written next to it as ``manifest.json``.
+
+Export writes it; the serving side reads it and refuses a graph that disagrees with it
+(``check_graph_io``). Kept free of torch and onnxruntime so both sides can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "manifest.json"
+GRAPH_FILE = "model.onnx"
+MANIFEST_FORMAT = 1
+
+# The graph interface every VoxGate model exports (names are part of the contract).
+AUDIO_INPUT = "audio"
+LENGTHS_INPUT = "lengths"
+EMBEDDING_OUTPUT = "embedding"
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed, or disagrees with its graph."""
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: int = MANIFEST_FORMAT
+    name: str = Field(description="Model name, used to namespace stored embeddings.")
+    architecture: str = Field(description="e.g. titanet-large, ecapa_tdnn, speakernet, ge2e")
+    source: str = Field(description="Where the weights came from (checkpoint file, hub id, random init).")
+    source_sha256: str | None = Field(None, description="sha256 of the source checkpoint file.")
+    graph_sha256: str = Field(description="sha256 of model.onnx, checked at load time.")
+    sample_rate: int = 16000
+    embedding_dim: int = Field(gt=0)
+    input_names: tuple[str, str] = (AUDIO_INPUT, LENGTHS_INPUT)
+    output_names: tuple[str] = (EMBEDDING_OUTPUT,)
+    precision: Literal["fp32", "fp16"] = "fp32"
+    opset: int
+    default_threshold: float = Field(ge=-1.0, le=1.0, description="Cosine threshold for a match.")
+    threshold_source: str = Field(description="Where default_threshold comes from.")
+    min_speech_seconds: float = Field(ge=0.0)
+    segment_seconds: float | None = Field(
+        None, description="Audio longer than this is cut into segments whose embeddings are averaged."
+    )
+    segment_overlap_seconds: float = 0.0
+    license: str | None = None
+    attribution: str | None = None
+    exporter: str = Field(description="Tool and version that wrote the graph.")
+
+    def model_key(self) -> str:
+        """Stable identity for storage namespacing: name plus the first bytes of the graph hash."""
+        return f"{self.name}@{self.graph_sha256[:12]}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: Path, manifest: ModelManifest) -> Path:
+    path = model_dir / MANIFEST_FILE
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def load_manifest(model_dir: Path, *, verify_graph_hash: bool = True) -> ModelManifest:
+    path = model_dir / MANIFEST_FILE
+    graph = model_dir / GRAPH_FILE
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST_FILE} in {model_dir}")
+    if not graph.is_file():
+        raise ManifestError(f"no {GRAPH_FILE} in {model_dir}")
+    try:
+        manifest = ModelManifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+    if verify_graph_hash:
+        actual = sha256_file(graph)
+        if actual != manifest.graph_sha256:
+            raise ManifestError(
+                f"{graph}: sha256 {actual[:16]}... does not match the manifest's {manifest.graph_sha256[:16]}..."
+            )
+    return manifest
+
+
+def check_graph_io(
+    manifest: ModelManifest,
+    inputs: Sequence[tuple[str, Sequence[int | str | None]]],
+    outputs: Sequence[tuple[str, Sequence[int | str | None]]],
+) -> None:
+    """Refuse a graph whose inputs/outputs disagree with the manifest.
+
+    ``inputs``/``outputs`` are (name, shape) pairs as ONNX Runtime reports them
+    (symbolic dims are strings or None).
+    """
+    in_names = [name for name, _ in inputs]
+    out_names = [name for name, _ in outputs]
+    if list(in_names) != list(manifest.input_names):
+        raise ManifestError(f"graph inputs {in_names} != manifest {list(manifest.input_names)}")
+    if list(out_names) != list(manifest.output_names):
+        raise ManifestError(f"graph outputs {out_names} != manifest {list(manifest.output_names)}")
+    audio_shape = list(inputs[0][1])
+    lengths_shape = list(inputs[1][1])
+    if len(audio_shape) != 2 or len(lengths_shape) != 1:
+        raise ManifestError(f"graph input ranks {audio_shape}, {lengths_shape}: want [batch, samples], [batch]")
+    emb_shape = list(outputs[0][1])
+    if len(emb_shape) != 2:
+        raise ManifestError(f"graph output shape {emb_shape}: want [batch, dim]")
+    if isinstance(emb_shape[1], int) and emb_shape[1] != manifest.embedding_dim:
+        raise ManifestError(f"graph embedding dim {emb_shape[1]} != manifest {manifest.embedding_dim}")

@@ -1,0 +1,116 @@
+"""One typed settings class; every field is an environment variable prefixed with ``VOXGATE_``.
+
+``REDIS_URL`` (no prefix) is also accepted, as most Redis deployments name it that way.
+The README's settings table is checked against this class by a test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.paths import DEFAULT_MODEL_DIR
+
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXGATE_", extra="ignore", populate_by_name=True)
+
+    # --- HTTP ---
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+
+    # --- model and inference ---
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory holding model.onnx and manifest.json.")
+    providers: list[ProviderName] | Literal["auto"] = Field(
+        "auto",
+        description="ONNX Runtime execution providers in order of preference (JSON list, e.g. "
+        '["cuda","cpu"]); "auto" = CUDA when onnxruntime-gpu sees a GPU, else CPU.',
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="CPU inference threads per session; 0 = number of cores available."
+    )
+    tensorrt_cache_dir: Path = Field(
+        Path("./data/trt-cache"), description="Engine cache of the TensorRT provider (when used)."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Batch closes at this many segments. Larger = more throughput."
+    )
+    max_batch_audio_seconds: float = Field(
+        240.0,
+        gt=0,
+        description="Batch closes at this much padded audio (seconds). Bounds memory and per-batch latency.",
+    )
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="A batch closes this long after its first request even if not full. Higher = fuller "
+        "batches under light load, but more latency.",
+    )
+    queue_size: int = Field(
+        512, ge=1, description="Segments waiting for inference; beyond this requests get 429 overloaded."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of one request inside the engine (queue wait + inference)."
+    )
+    warmup: bool = Field(True, description="Run warm-up batches at start-up before reporting ready.")
+
+    # --- audio limits ---
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="Largest accepted upload per file, enforced while reading."
+    )
+    max_audio_seconds: float = Field(300.0, gt=0, description="Longest accepted recording (seconds).")
+    min_speech_seconds: float = Field(
+        1.0, ge=0, description="Net speech needed for verify / identify / each enrollment recording."
+    )
+    enroll_speech_seconds: float = Field(
+        8.0, ge=0, description="Net speech after which a speaker counts as enrolled."
+    )
+
+    # --- decisions ---
+    threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Default cosine threshold; unset = the model manifest's default_threshold.",
+    )
+
+    # --- Redis ---
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("VOXGATE_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis server to use (REDIS_URL also accepted). Unset = start an embedded "
+        "redis-server child with its data under data_dir.",
+    )
+    data_dir: Path = Field(Path("./data"), description="Data of the embedded redis-server (AOF on).")
+    redis_namespace: str = Field(
+        "voxgate", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every Redis key."
+    )
+    tenant: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Tenant namespace inside the key schema."
+    )
+    index_sync_interval_s: float = Field(
+        0.25, gt=0, description="How often the replica-local voiceprint matrix polls Redis for changes."
+    )
+
+    # --- logging ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="Structured JSON logs (false = plain text).")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        # Accept "cuda,cpu" as well as the JSON list form.
+        if isinstance(value, str) and value != "auto" and not value.startswith("["):
+            return [p.strip().lower() for p in value.split(",") if p.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.enroll_speech_seconds < self.min_speech_seconds:
+            raise ValueError("enroll_speech_seconds must be >= min_speech_seconds")
+        return self
