@@ -88,7 +88,8 @@ def load_manifest(model_dir: Path, *, verify_graph_hash: bool = True) -> ModelMa
         actual = sha256_file(graph)
         if actual != manifest.graph_sha256:
             raise ManifestError(
-                f"{graph}: sha256 {actual[:16]}... does not match the manifest's {manifest.graph_sha256[:16]}..."
+                f"{graph}: sha256 {actual[:16]}... does not match "
+                f"the manifest's {manifest.graph_sha256[:16]}..."
             )
     return manifest
 
@@ -112,7 +113,9 @@ def check_graph_io(
     audio_shape = list(inputs[0][1])
     lengths_shape = list(inputs[1][1])
     if len(audio_shape) != 2 or len(lengths_shape) != 1:
-        raise ManifestError(f"graph input ranks {audio_shape}, {lengths_shape}: want [batch, samples], [batch]")
+        raise ManifestError(
+            f"graph input ranks {audio_shape}, {lengths_shape}: want [batch, samples], [batch]"
+        )
     emb_shape = list(outputs[0][1])
     if len(emb_shape) != 2:
         raise ManifestError(f"graph output shape {emb_shape}: want [batch, dim]")

@@ -17,8 +17,8 @@ DYNAMIC_RANGE_DB = 35.0  # frames this far below the loud end are pauses
 
 
 def frame_energies_db(waveform: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float64]:
-    frame = int(round(FRAME_SECONDS * sample_rate))
-    hop = int(round(HOP_SECONDS * sample_rate))
+    frame = round(FRAME_SECONDS * sample_rate)
+    hop = round(HOP_SECONDS * sample_rate)
     if waveform.size < frame:
         return np.zeros(0)
     n = 1 + (waveform.size - frame) // hop
@@ -26,7 +26,8 @@ def frame_energies_db(waveform: npt.NDArray[np.float32], sample_rate: int) -> np
     frames = waveform.astype(np.float64)[idx]
     frames = frames - frames.mean(axis=1, keepdims=True)
     power = np.mean(frames * frames, axis=1)
-    return 10.0 * np.log10(power + 1e-12)
+    energies: npt.NDArray[np.float64] = 10.0 * np.log10(power + 1e-12)
+    return energies
 
 
 def speech_mask(waveform: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.bool_]:
