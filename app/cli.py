@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        from app.config_errors import InvalidSettings, load_settings
+
+        try:
+            load_settings()  # fail fast: one readable line per bad variable, no traceback
+        except InvalidSettings as exc:
+            print(f"voxgate: invalid settings\n{exc}", file=sys.stderr)
+            return 2
         from app.server import serve
 
         return serve(host=args.host, port=args.port, model_dir=args.model)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     enroll_speech_seconds: float = Field(
         8.0, ge=0, description="Net speech after which a speaker counts as enrolled."
     )
+    max_enroll_files: int = Field(10, ge=1, le=100, description="Most recordings in one /enroll request.")
+    max_metadata_bytes: int = Field(
+        4096, ge=0, description="Largest speaker metadata JSON object accepted by /enroll (bytes, UTF-8)."
+    )
 
     # --- decisions ---
     threshold: float | None = Field(

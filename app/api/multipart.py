@@ -1,0 +1,178 @@
+"""A streaming multipart/form-data reader that enforces the upload limits *while* reading.
+
+Starlette's form parser spools any file size to disk before a route sees it; here every file part
+is counted as its bytes arrive and the request is refused with 413 ``audio_too_large`` the moment a
+file passes ``max_file_bytes`` — the rest of the body is never read. A ``Content-Length`` larger than
+the whole request could legitimately be is refused before reading anything.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from app.errors import AudioTooLarge, InvalidRequest, UnsupportedMediaType
+
+if TYPE_CHECKING:  # the TypedDict exists only for type checkers
+    from python_multipart.multipart import MultipartCallbacks
+
+MAX_FIELD_BYTES = 16 * 1024  # text fields (ids, thresholds, metadata JSON) are small
+MAX_FIELDS = 64
+_MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    field: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class FormContents:
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, list[UploadedFile]] = field(default_factory=dict)
+
+    def field_value(self, name: str) -> str | None:
+        values = self.fields.get(name)
+        return values[-1] if values else None
+
+    def field_values(self, name: str) -> list[str]:
+        return self.fields.get(name, [])
+
+    def file_list(self, name: str) -> list[UploadedFile]:
+        return self.files.get(name, [])
+
+
+@dataclass
+class _Part:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    name: str = ""
+    filename: str | None = None
+    is_file: bool = False
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _Collector:
+    def __init__(self, charset: str, max_file_bytes: int, max_files: int) -> None:
+        self.charset = charset
+        self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.contents = FormContents()
+        self.part = _Part()
+        self.n_files = 0
+        self.n_fields = 0
+        self._header_name = b""
+        self._header_value = b""
+
+    def _decode(self, raw: bytes) -> str:
+        try:
+            return raw.decode(self.charset)
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"form field is not valid {self.charset}") from exc
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.part.headers[self._header_name.lower()] = self._header_value
+        self._header_name = b""
+        self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.part.headers.get(b"content-disposition", b""))
+        if b"name" not in options:
+            raise InvalidRequest('a form part lacks the Content-Disposition "name"')
+        self.part.name = self._decode(options[b"name"])
+        if b"filename" in options:
+            self.part.is_file = True
+            self.part.filename = self._decode(options[b"filename"])
+            self.n_files += 1
+            if self.n_files > self.max_files:
+                raise InvalidRequest(f"too many files: at most {self.max_files} per request")
+        else:
+            self.n_fields += 1
+            if self.n_fields > MAX_FIELDS:
+                raise InvalidRequest(f"too many form fields: at most {MAX_FIELDS}")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.part
+        limit = self.max_file_bytes if part.is_file else MAX_FIELD_BYTES
+        if len(part.data) + (end - start) > limit:
+            if part.is_file:
+                raise AudioTooLarge(
+                    f"file {part.filename!r} exceeds the upload limit of {limit} bytes",
+                    max_upload_bytes=limit,
+                )
+            raise InvalidRequest(f"form field {part.name!r} exceeds {limit} bytes")
+        part.data.extend(data[start:end])
+
+    def on_part_end(self) -> None:
+        part = self.part
+        if part.is_file:
+            ctype = part.headers.get(b"content-type")
+            upload = UploadedFile(
+                part.name, part.filename, ctype.decode("latin-1") if ctype else None, bytes(part.data)
+            )
+            self.contents.files.setdefault(part.name, []).append(upload)
+        else:
+            self.contents.fields.setdefault(part.name, []).append(self._decode(bytes(part.data)))
+
+
+async def read_multipart(request: Request, *, max_file_bytes: int, max_files: int) -> FormContents:
+    content_type = request.headers.get("content-type", "")
+    media_type, params = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        raise UnsupportedMediaType("the request body must be multipart/form-data")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("multipart/form-data without a boundary")
+
+    declared = request.headers.get("content-length")
+    limit = max_files * max_file_bytes + MAX_FIELDS * MAX_FIELD_BYTES + _MULTIPART_OVERHEAD
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise AudioTooLarge(
+            f"request body of {declared} bytes exceeds the upload limit "
+            f"({max_files} file(s) of at most {max_file_bytes} bytes)",
+            max_upload_bytes=max_file_bytes,
+        )
+
+    raw_charset = params.get(b"charset", b"utf-8")
+    try:
+        charset = codecs.lookup(raw_charset.decode("latin-1")).name
+    except LookupError:
+        charset = "utf-8"
+    collector = _Collector(charset, max_file_bytes, max_files)
+    callbacks: MultipartCallbacks = {
+        "on_part_begin": collector.on_part_begin,
+        "on_part_data": collector.on_part_data,
+        "on_part_end": collector.on_part_end,
+        "on_header_field": collector.on_header_field,
+        "on_header_value": collector.on_header_value,
+        "on_header_end": collector.on_header_end,
+        "on_headers_finished": collector.on_headers_finished,
+    }
+    parser = MultipartParser(boundary, callbacks)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:  # a chunked body without Content-Length
+                raise AudioTooLarge(f"request body exceeds {limit} bytes", max_upload_bytes=max_file_bytes)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+    return collector.contents

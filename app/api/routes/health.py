@@ -1,0 +1,50 @@
+"""GET /healthz (the process answers), GET /readyz (it can serve), GET /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import State
+from app.api.schemas import Health, Readiness, ReadyChecks
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(state: State) -> Response:
+    """Ready = model loaded and warmed up, batcher running, Redis reachable, index in sync."""
+    checks = ReadyChecks(
+        # The graph was loaded and checked against its manifest when the lifespan built the engine.
+        model_loaded=True,
+        engine_running=state.engine.ready,  # warmed up and the batcher's worker thread alive
+        redis=await state.store.ping(),
+        index_synced=state.syncer.healthy and state.syncer.running,
+    )
+    ready = all(checks.model_dump().values())
+    failing = [name for name, ok in checks.model_dump().items() if not ok]
+    body = Readiness(
+        ready=ready,
+        checks=checks,
+        provider=state.engine.provider,
+        model=state.model_key,
+        speakers_indexed=len(state.index),
+        detail=None if ready else f"not ready: {', '.join(failing)}",
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(state: State) -> Response:
+    """HTTP request counts/latencies and the engine's queue, batch and inference metrics."""
+    body = generate_latest(state.registry)
+    engine_registry = state.engine.metrics.registry
+    if engine_registry is not state.registry:  # an engine shared by several apps keeps its own
+        body += generate_latest(engine_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,149 @@
+"""Typed request and response bodies (what /docs shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.store.keys import SPEAKER_ID_PATTERN
+
+ScoreType = Literal["cosine"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(_Out):
+    """RFC 9457 problem details, plus a stable machine-readable ``code``."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(examples=["urn:voxgate:problem:invalid_audio"])
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str = Field(examples=["invalid_audio"])
+
+
+class Notice(_Out):
+    """A non-fatal remark about the request (e.g. a recording unlike the enrolled ones)."""
+
+    code: str
+    detail: str
+    file: str | None = None
+
+
+# --- multipart request forms (documented for /docs; parsed by app.api.multipart) ---
+class EnrollForm(BaseModel):
+    speaker_id: str = Field(pattern=SPEAKER_ID_PATTERN)
+    audio: list[bytes] = Field(
+        json_schema_extra={"items": {"type": "string", "format": "binary"}},
+        description="One or more recordings (WAV, FLAC, OGG Vorbis/Opus, MP3).",
+    )
+    metadata: str | None = Field(
+        None, description="JSON object stored with the speaker (replaces earlier metadata)."
+    )
+
+
+class VerifyForm(BaseModel):
+    speaker_id: str | None = Field(None, description="Compare against this enrolled speaker ...")
+    reference: bytes | None = Field(
+        None,
+        json_schema_extra={"type": "string", "format": "binary"},
+        description="... or against this second recording.",
+    )
+    audio: bytes = Field(json_schema_extra={"type": "string", "format": "binary"})
+    threshold: float | None = Field(None, ge=-1.0, le=1.0)
+
+
+class IdentifyForm(BaseModel):
+    audio: bytes = Field(json_schema_extra={"type": "string", "format": "binary"})
+    top_k: int = Field(5, ge=1, le=100)
+    threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    candidates: list[str] | None = Field(
+        None, description="Restrict the search to these speaker ids (repeat the field or comma-separate)."
+    )
+
+
+# --- responses ---
+class EnrollResponse(_Out):
+    speaker_id: str
+    model: str
+    created: bool = Field(description="True when this request created the speaker.")
+    added_utterances: int
+    utterances: int = Field(description="Utterances in the voiceprint after this request.")
+    speech_seconds: float = Field(description="Net speech in the voiceprint after this request.")
+    enrolled: bool = Field(description="Enough net speech for a reliable voiceprint.")
+    remaining_speech_seconds: float
+    warnings: list[Notice] = Field(default_factory=list)
+
+
+class VerifyResponse(_Out):
+    speaker_id: str | None = Field(description="The enrolled speaker compared against, if any.")
+    reference: str | None = Field(None, description="Filename of the reference recording, if used.")
+    score: float = Field(description="Cosine similarity in [-1, 1].")
+    score_type: ScoreType = "cosine"
+    threshold: float
+    match: bool = Field(description="score >= threshold")
+    model: str
+    warnings: list[Notice] = Field(default_factory=list)
+
+
+class Candidate(_Out):
+    speaker_id: str
+    score: float
+
+
+class IdentifyResponse(_Out):
+    speaker_id: str | None = Field(description="Best match at or above the threshold; null = nobody known.")
+    score: float | None = Field(description="Score of speaker_id (null when nobody matched).")
+    candidates: list[Candidate] = Field(description="Best-scoring speakers, best first.")
+    score_type: ScoreType = "cosine"
+    threshold: float
+    searched: int = Field(description="How many enrolled speakers were compared.")
+    model: str
+    warnings: list[Notice] = Field(default_factory=list)
+
+
+class Speaker(_Out):
+    speaker_id: str
+    model: str
+    utterances: int
+    speech_seconds: float
+    enrolled: bool
+    metadata: dict[str, Any]
+    created_at: float = Field(description="Unix time")
+    updated_at: float = Field(description="Unix time")
+
+
+class SpeakerPage(_Out):
+    items: list[Speaker]
+    total: int
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end.")
+
+
+class DeleteResponse(_Out):
+    speaker_id: str
+    deleted_models: list[str] = Field(description="Model keys under which the speaker was erased.")
+
+
+class Health(_Out):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyChecks(_Out):
+    model_loaded: bool = Field(description="Graph loaded and checked against its manifest.")
+    engine_running: bool = Field(description="Warm-up done and the batcher's worker thread alive.")
+    redis: bool = Field(description="Redis answers PING.")
+    index_synced: bool = Field(description="The identification index reached Redis on its last poll.")
+
+
+class Readiness(_Out):
+    ready: bool
+    checks: ReadyChecks
+    provider: str
+    model: str
+    speakers_indexed: int
+    detail: str | None = None

@@ -1,0 +1,309 @@
+"""Inference backends: the ``EmbeddingBackend`` protocol and its ONNX Runtime implementation.
+
+A backend is used from ONE thread (the engine's worker); it is not required to be thread-safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
+from app.settings import ProviderName, Settings
+
+log = logging.getLogger(__name__)
+
+Float32Array = npt.NDArray[np.float32]
+Int64Array = npt.NDArray[np.int64]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+_PROVIDER_NAMES: dict[str, str] = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
+
+# Length buckets: the samples dimension of a batch is padded up to a multiple of this. On GPUs a
+# coarse step keeps the set of shapes small, so TensorRT profiles / cuDNN algorithm choices are reused
+# and warm-up can visit every shape. On CPU each padded sample is paid in compute and shape changes
+# cost nothing, so the step is fine (one 100 ms unit: <= 3 % waste on a 3 s utterance).
+GPU_BUCKET_SECONDS = 1.0
+CPU_BUCKET_SECONDS = 0.1
+
+
+class ProviderUnavailable(RuntimeError):
+    """None of the requested execution providers can run here."""
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """``embed(audio [B, N] float32, lengths [B] int64) -> [B, dim] float32``, on one thread."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    def bucket(self, n_samples: int) -> int:
+        """Padded length (samples) a batch whose longest item has ``n_samples`` is run with."""
+        ...
+
+    def embed(self, audio: Float32Array, lengths: Int64Array) -> Float32Array: ...
+
+    def warmup(self, *, max_batch_size: int, max_samples: int, max_batch_samples: int) -> int:
+        """Run the shapes serving will use; returns how many warm-up batches ran."""
+        ...
+
+
+def cuda_device_present() -> bool:
+    """Is there a CUDA device the driver can see (without importing torch)."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0:
+        return False
+    if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return False
+    return count.value > 0
+
+
+def available_cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_providers(requested: Sequence[ProviderName] | str) -> list[str]:
+    """Settings' provider preference -> ORT provider names that this onnxruntime build has.
+
+    "auto" = CUDA (then CPU) when onnxruntime exposes CUDAExecutionProvider and a GPU is present,
+    else CPU. An explicit list keeps its order and drops what this build lacks (logged); nothing
+    left is an error, so asking only for "cuda" on a CPU build fails start-up instead of silently
+    running on CPU.
+    """
+    available = set(ort.get_available_providers())
+    if requested == "auto":
+        if CUDA in available and cuda_device_present():
+            return [CUDA, CPU]
+        return [CPU]
+    if isinstance(requested, str):
+        raise ValueError(f"providers must be 'auto' or a list, got {requested!r}")
+    chosen: list[str] = []
+    for name in requested:
+        ort_name = _PROVIDER_NAMES[name]
+        if ort_name not in available:
+            log.warning("execution provider %s not available in this onnxruntime build; skipped", ort_name)
+            continue
+        if ort_name in (CUDA, TENSORRT) and not cuda_device_present():
+            log.warning("execution provider %s requested but no CUDA device is visible; skipped", ort_name)
+            continue
+        if ort_name not in chosen:
+            chosen.append(ort_name)
+    if not chosen:
+        raise ProviderUnavailable(
+            f"none of the requested execution providers {list(requested)} can run here "
+            f"(onnxruntime {ort.__version__} offers {sorted(available)})"
+        )
+    return chosen
+
+
+class OnnxBackend:
+    """One ONNX Runtime session over a VoxGate graph (``audio``, ``lengths`` -> ``embedding``)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: ModelManifest,
+        *,
+        providers: Sequence[ProviderName] | str = "auto",
+        intra_op_threads: int = 0,
+        tensorrt_cache_dir: Path | None = None,
+        max_batch_size: int = 32,
+        max_samples: int | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self._dim = manifest.embedding_dim
+        chosen = resolve_providers(providers)
+        threads = intra_op_threads or available_cpu_cores()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: ORT's warnings about shape inference are noise here
+        gpu = chosen[0] in (CUDA, TENSORRT)
+        step_seconds = GPU_BUCKET_SECONDS if gpu else CPU_BUCKET_SECONDS
+        self._bucket_step = max(1, round(step_seconds * manifest.sample_rate))
+        self._max_samples = max_samples
+        provider_args = [
+            (name, self._provider_options(name, tensorrt_cache_dir, max_batch_size, max_samples))
+            for name in chosen
+        ]
+        graph = model_dir / GRAPH_FILE
+        try:
+            self._session = ort.InferenceSession(str(graph), sess_options=options, providers=provider_args)
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise ManifestError(f"{graph}: onnxruntime cannot load the graph: {exc}") from exc
+        self._check_io()
+        # ORT silently falls back when a provider fails to initialise; report what really runs.
+        self._provider: str = self._session.get_providers()[0]
+        self._use_io_binding = self._provider in (CUDA, TENSORRT)
+        if self._provider != chosen[0]:
+            log.warning("execution provider %s requested but session runs on %s", chosen[0], self._provider)
+        log.info(
+            "inference backend ready",
+            extra={
+                "provider": self._provider,
+                "providers": self._session.get_providers(),
+                "intra_op_threads": threads,
+                "bucket_samples": self._bucket_step,
+                "model": manifest.name,
+            },
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_dir: Path | None = None) -> OnnxBackend:
+        """Load ``model_dir`` (default: settings.model_dir); fails clearly on any contract mismatch."""
+        directory = model_dir or settings.model_dir
+        manifest = load_manifest(directory)
+        if manifest.segment_seconds is not None:
+            max_samples = math.ceil(manifest.segment_seconds * manifest.sample_rate)
+        else:
+            max_samples = math.ceil(settings.max_audio_seconds * manifest.sample_rate)
+        return cls(
+            directory,
+            manifest,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            tensorrt_cache_dir=settings.tensorrt_cache_dir,
+            max_batch_size=settings.max_batch_size,
+            max_samples=max_samples,
+        )
+
+    def _provider_options(
+        self, name: str, cache_dir: Path | None, max_batch_size: int, max_samples: int | None
+    ) -> dict[str, Any]:
+        if name == TENSORRT:
+            opts: dict[str, Any] = {"trt_fp16_enable": self.manifest.precision == "fp16"}
+            if cache_dir is not None:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                opts.update(
+                    trt_engine_cache_enable=True,
+                    trt_engine_cache_path=str(cache_dir),
+                    trt_timing_cache_enable=True,
+                    trt_timing_cache_path=str(cache_dir),
+                )
+            if max_samples is not None:
+                # One explicit profile covering every bucket: no engine rebuild when a new shape shows up.
+                top = self.bucket(max_samples)
+                opts.update(
+                    trt_profile_min_shapes=f"audio:1x{self._bucket_step},lengths:1",
+                    trt_profile_opt_shapes=f"audio:{max_batch_size}x{top},lengths:{max_batch_size}",
+                    trt_profile_max_shapes=f"audio:{max_batch_size}x{top},lengths:{max_batch_size}",
+                )
+            return opts
+        if name == CUDA:
+            # Exhaustive cuDNN search pays off because buckets keep the set of shapes small.
+            return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+        return {}
+
+    def _check_io(self) -> None:
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        check_graph_io(
+            self.manifest,
+            [(i.name, i.shape) for i in inputs],
+            [(o.name, o.shape) for o in outputs],
+        )
+        want = {inputs[0].name: "tensor(float)", inputs[1].name: "tensor(int64)"}
+        for arg in (*inputs, *outputs):
+            expected = want.get(arg.name, "tensor(float)")
+            if arg.type != expected:
+                raise ManifestError(f"graph {arg.name!r} has type {arg.type}, the contract says {expected}")
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    @property
+    def bucket_step(self) -> int:
+        return self._bucket_step
+
+    def bucket(self, n_samples: int) -> int:
+        step = self._bucket_step
+        return max(step, -(-n_samples // step) * step)
+
+    def embed(self, audio: Float32Array, lengths: Int64Array) -> Float32Array:
+        if audio.ndim != 2 or lengths.shape != (audio.shape[0],):
+            raise ValueError(f"bad batch shapes audio {audio.shape}, lengths {lengths.shape}")
+        padded = self.bucket(audio.shape[1])
+        if padded != audio.shape[1]:
+            audio = np.pad(audio, ((0, 0), (0, padded - audio.shape[1])))
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        if self._use_io_binding:
+            out = self._run_bound(audio, lengths)
+        else:
+            out = self._session.run(None, {"audio": audio, "lengths": lengths})[0]
+        result = np.asarray(out, dtype=np.float32)
+        if result.shape != (audio.shape[0], self._dim):
+            raise ManifestError(f"graph returned {result.shape}, want {(audio.shape[0], self._dim)}")
+        return result
+
+    def _run_bound(self, audio: Float32Array, lengths: Int64Array) -> Float32Array:
+        # Inputs copied host->device once, output left on the device and copied back once.
+        binding = self._session.io_binding()
+        binding.bind_cpu_input("audio", audio)
+        binding.bind_cpu_input("lengths", lengths)
+        binding.bind_output("embedding", "cuda")
+        self._session.run_with_iobinding(binding)
+        out: Float32Array = binding.copy_outputs_to_cpu()[0]
+        return out
+
+    def warmup_shapes(
+        self, *, max_batch_size: int, max_samples: int, max_batch_samples: int
+    ) -> list[tuple[int, int]]:
+        """(batch, samples) shapes to run before serving.
+
+        GPU: every length bucket up to ``max_samples`` at batch sizes 1, 2, 4, ... max (within the
+        padded-audio budget), so cuDNN/TensorRT tuning happens now, not on a user request.
+        CPU: shape changes are cheap, so only the smallest and the largest length, at batch 1 and 2,
+        to grow the memory arena and let the thread pool spin up.
+        """
+        top = self.bucket(min(max_samples, self._max_samples or max_samples))
+        if self._provider == CPU:
+            lengths = sorted({self._bucket_step, top})
+            return [(b, n) for n in lengths for b in sorted({1, min(2, max_batch_size)})]
+        batch_sizes = sorted({min(2**k, max_batch_size) for k in range(max_batch_size.bit_length() + 1)})
+        shapes: list[tuple[int, int]] = []
+        for n in range(self._bucket_step, top + 1, self._bucket_step):
+            for b in batch_sizes:
+                if b == 1 or b * n <= max_batch_samples:
+                    shapes.append((b, n))
+        return shapes
+
+    def warmup(self, *, max_batch_size: int, max_samples: int, max_batch_samples: int) -> int:
+        shapes = self.warmup_shapes(
+            max_batch_size=max_batch_size, max_samples=max_samples, max_batch_samples=max_batch_samples
+        )
+        rng = np.random.default_rng(0)
+        for b, n in shapes:
+            audio = (0.05 * rng.standard_normal((b, n))).astype(np.float32)
+            self.embed(audio, np.full(b, n, dtype=np.int64))
+        log.info("warm-up done", extra={"batches": len(shapes), "provider": self._provider})
+        return len(shapes)

@@ -1,0 +1,222 @@
+"""``EmbeddingEngine``: the API's entry point to inference (segmenting, batching, deadlines, readiness)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+
+from app.engine.backend import EmbeddingBackend, OnnxBackend
+from app.engine.batcher import BatcherConfig, DynamicBatcher, Request
+from app.engine.metrics import EngineMetrics
+from app.engine.segments import SegmentPlan, SegmentPolicy, plan_segments
+from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
+from app.manifest import ModelManifest
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Float32Array = npt.NDArray[np.float32]
+
+# How often a waiting request asks whether its client is still connected.
+DISCONNECT_POLL_S = 0.1
+# Shorter input is refused: a few frames give no meaningful embedding and could break a batch.
+MIN_SECONDS = 0.1
+# Segment planning (VAD over the whole recording) moves off the event loop above this length.
+INLINE_PLAN_MAX_SAMPLES = 16000 * 30
+
+
+class EmbeddingEngine:
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        manifest: ModelManifest,
+        *,
+        config: BatcherConfig | None = None,
+        request_timeout_s: float = 30.0,
+        warmup: bool = True,
+        max_audio_seconds: float = 300.0,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.backend = backend
+        self.config = config or BatcherConfig()
+        self.request_timeout_s = request_timeout_s
+        self.policy = SegmentPolicy.from_manifest(manifest)
+        self.metrics = metrics or EngineMetrics()
+        self.metrics.provider.labels(provider=backend.provider).set(1)
+        self._min_samples = max(1, round(MIN_SECONDS * manifest.sample_rate))
+        seg = self.policy.segment_samples
+        max_samples = seg if seg is not None else math.ceil(max_audio_seconds * manifest.sample_rate)
+        warm: Callable[[], object] | None = None
+        if warmup:
+
+            def warm() -> object:
+                return backend.warmup(
+                    max_batch_size=self.config.max_batch_size,
+                    max_samples=max_samples,
+                    max_batch_samples=self.config.max_batch_samples,
+                )
+
+        self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=warm)
+        self._started = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        model_dir: Path | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> EmbeddingEngine:
+        """Load graph + manifest (ManifestError / ProviderUnavailable on any mismatch); not started."""
+        backend = OnnxBackend.from_settings(settings, model_dir)
+        config = BatcherConfig(
+            max_batch_size=settings.max_batch_size,
+            max_batch_samples=math.ceil(settings.max_batch_audio_seconds * backend.manifest.sample_rate),
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            queue_size=settings.queue_size,
+        )
+        return cls(
+            backend,
+            backend.manifest,
+            config=config,
+            request_timeout_s=settings.request_timeout_s,
+            warmup=settings.warmup,
+            max_audio_seconds=settings.max_audio_seconds,
+            metrics=EngineMetrics(registry),
+        )
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+    @property
+    def ready(self) -> bool:
+        return self._started and self._batcher.ready
+
+    def queue_depth(self) -> int:
+        return self._batcher.depth()
+
+    @property
+    def batches_run(self) -> int:
+        return self._batcher.batches_run
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Warm up on the worker thread (the loop keeps serving), then accept requests."""
+        started = self._batcher.start()
+        await asyncio.wrap_future(started)
+        self._started = True
+        log.info("inference engine started", extra={"provider": self.provider, "model": self.manifest.name})
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish the accepted ones, stop the worker."""
+        self._batcher.stop()
+        await asyncio.to_thread(self._batcher.join)
+        self._started = False
+
+    # --- requests --------------------------------------------------------------------------------
+    async def embed(
+        self,
+        waveform: np.ndarray,
+        *,
+        deadline: float | None = None,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Float32Array:
+        """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate."""
+        status = "failed"
+        try:
+            result = await self._embed(waveform, deadline, is_disconnected)
+            status = "ok"
+            return result
+        except Overloaded:
+            status = "overloaded"
+            raise
+        except DeadlineExceeded:
+            status = "deadline_exceeded"
+            raise
+        except (RequestCancelled, asyncio.CancelledError):
+            status = "cancelled"
+            raise
+        except EngineUnavailable:
+            status = "unavailable"
+            raise
+        finally:
+            self.metrics.requests.labels(outcome=status).inc()
+
+    async def _embed(
+        self,
+        waveform: np.ndarray,
+        deadline: float | None,
+        is_disconnected: Callable[[], Awaitable[bool]] | None,
+    ) -> Float32Array:
+        dead = self._batcher.dead
+        if dead is not None:
+            raise EngineUnavailable(f"inference worker died: {dead!r}")
+        if not self._started:
+            raise EngineUnavailable("inference engine is not running")
+        audio = self._check_waveform(waveform)
+        limit = time.monotonic() + self.request_timeout_s
+        deadline = limit if deadline is None else min(deadline, limit)
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed before inference")
+        if is_disconnected is not None and await is_disconnected():
+            raise RequestCancelled("client disconnected before inference")
+        plan = await self._plan(audio)
+        request = self._batcher.submit(plan.cut(audio), plan.weights, deadline, asyncio.get_running_loop())
+        return await self._wait(request, deadline, is_disconnected)
+
+    def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
+        audio = np.ascontiguousarray(waveform, dtype=np.float32)
+        if audio.ndim != 1:
+            raise InvalidAudio(f"expected a mono waveform (1-D), got shape {audio.shape}")
+        if audio.shape[0] < self._min_samples:
+            raise InvalidAudio(f"audio shorter than {MIN_SECONDS} s")
+        if not np.isfinite(audio).all():
+            raise InvalidAudio("audio contains NaN or infinite samples")
+        return audio
+
+    async def _plan(self, audio: Float32Array) -> SegmentPlan:
+        seg = self.policy.segment_samples
+        if seg is None or audio.shape[0] <= seg:
+            return SegmentPlan(bounds=((0, int(audio.shape[0])),), weights=(1.0,))
+        if audio.shape[0] <= INLINE_PLAN_MAX_SAMPLES:
+            return plan_segments(audio, self.policy)
+        return await asyncio.to_thread(plan_segments, audio, self.policy)
+
+    async def _wait(
+        self,
+        request: Request,
+        deadline: float,
+        is_disconnected: Callable[[], Awaitable[bool]] | None,
+    ) -> Float32Array:
+        future = request.future
+        try:
+            while True:
+                timeout = deadline - time.monotonic()
+                if is_disconnected is not None:
+                    timeout = min(timeout, DISCONNECT_POLL_S)
+                done, _ = await asyncio.wait({future}, timeout=max(0.0, timeout))
+                if done:
+                    return future.result()
+                if time.monotonic() >= deadline:
+                    self._batcher.cancel(request)
+                    raise DeadlineExceeded(f"no result within the deadline ({self.request_timeout_s} s max)")
+                if is_disconnected is not None and await is_disconnected():
+                    self._batcher.cancel(request)
+                    raise RequestCancelled("client disconnected while waiting for inference")
+        except asyncio.CancelledError:
+            self._batcher.cancel(request)
+            raise
+        finally:
+            if not future.done():
+                future.cancel()

@@ -1,0 +1,108 @@
+"""The application factory: assembles routes, error rendering and middleware; the lifespan owns every
+long-lived resource (inference engine, Redis client, replica-local index and its sync task) and hands
+them to routes as one typed ``AppState`` (see ``app.api.deps``). Nothing heavy happens at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app.api.problems import install_problem_handlers
+from app.api.routes import enroll, health, identify, speakers, verify
+from app.api.state import STATE_KEY, AppState
+from app.engine.engine import EmbeddingEngine
+from app.errors import StoreUnavailable
+from app.observability import RequestContextMiddleware
+from app.settings import Settings
+from app.store.index import VoiceprintIndex
+from app.store.keys import KeySchema
+from app.store.redis_store import RedisVoiceprintStore
+from app.store.sync import IndexSyncer
+
+log = logging.getLogger(__name__)
+
+# How long start-up waits for Redis before giving up (an embedded redis-server is already up by then).
+REDIS_STARTUP_TIMEOUT_S = 15.0
+
+
+async def _start_syncer(syncer: IndexSyncer) -> None:
+    deadline = time.monotonic() + REDIS_STARTUP_TIMEOUT_S
+    while True:
+        try:
+            await syncer.start()
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model_dir: Path | None = None,
+    engine: EmbeddingEngine | None = None,
+) -> FastAPI:
+    """Build the app. ``engine``: an already started engine to share (the caller starts and stops it);
+    without it the lifespan builds one from ``settings`` / ``model_dir`` and owns it."""
+    settings = settings or Settings.model_validate({})
+    if settings.redis_url is None:
+        raise ValueError(
+            "settings.redis_url is unset: `voxgate serve` starts an embedded Redis, tests pass one"
+        )
+    redis_url = settings.redis_url
+    registry = CollectorRegistry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        owns_engine = engine is None
+        eng = engine or EmbeddingEngine.from_settings(settings, model_dir, registry=registry)
+        if owns_engine:
+            await eng.start()
+        store: RedisVoiceprintStore | None = None
+        syncer: IndexSyncer | None = None
+        try:
+            manifest = eng.manifest
+            keys = KeySchema(settings.redis_namespace, settings.tenant, manifest.model_key())
+            store = RedisVoiceprintStore.from_url(redis_url, keys, manifest.embedding_dim)
+            index = VoiceprintIndex(manifest.embedding_dim)
+            syncer = IndexSyncer(store, index, settings.index_sync_interval_s)
+            await _start_syncer(syncer)
+            state = AppState(settings, eng, store, index, syncer, registry)
+            log.info(
+                "voxgate ready",
+                extra={"model": manifest.model_key(), "provider": eng.provider, "speakers": len(index)},
+            )
+            yield {STATE_KEY: state}
+        finally:
+            # Uvicorn has stopped accepting and drained requests by now; tear down in reverse order.
+            if syncer is not None:
+                await syncer.stop()
+            if store is not None:
+                await store.close()
+            if owns_engine:
+                await eng.stop()
+
+    app = FastAPI(
+        title="VoxGate",
+        version="0.1.0",
+        summary="Speaker verification and identification",
+        description="Enroll speakers, verify a voice against a speaker or a second recording, identify "
+        "a voice among enrolled speakers. Scores are raw cosine similarities in [-1, 1]. Every error is "
+        "an RFC 9457 problem+json body with a stable `code`.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware, registry=registry)
+    for module in (enroll, verify, identify, speakers, health):
+        app.include_router(module.router)
+    return app

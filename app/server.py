@@ -1,0 +1,77 @@
+"""``voxgate serve``: uvicorn in front of the app, with an embedded redis-server when no REDIS_URL."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from app.main import create_app
+from app.observability import configure_logging
+from app.redis_supervisor import RedisSupervisor, RedisSupervisorError
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _signals_end_gracefully() -> Iterator[None]:
+    """Uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found. With the
+    default handler that kills the process before the embedded Redis is shut down; with this one the
+    re-raised signal is a no-op and ``serve`` returns normally."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(host: str | None, port: int | None, model_dir: Path | None) -> int:
+    settings = Settings.model_validate({})
+    updates: dict[str, object] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    if model_dir is not None:
+        updates["model_dir"] = model_dir
+    settings = settings.model_copy(update=updates)
+    configure_logging(settings)
+
+    supervisor: RedisSupervisor | None = None
+    if settings.redis_url is None:
+        try:
+            supervisor = RedisSupervisor(settings.data_dir / "redis")
+            settings = settings.model_copy(update={"redis_url": supervisor.start()})
+        except RedisSupervisorError as exc:
+            log.error("cannot start the embedded redis-server: %s", exc)
+            return 1
+    try:
+        app = create_app(settings, model_dir=settings.model_dir)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # configure_logging owns logging
+            access_log=False,  # the request middleware writes the access line
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+        server = uvicorn.Server(config)
+        with _signals_end_gracefully():
+            server.run()
+        # uvicorn swallows start-up failures into an exit without serving; report them as failure.
+        return 0 if server.started else 1
+    finally:
+        if supervisor is not None:
+            supervisor.stop()

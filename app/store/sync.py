@@ -1,0 +1,129 @@
+"""Keeps a replica's ``VoiceprintIndex`` in step with Redis.
+
+Every ``index_sync_interval_s`` the syncer reads the model's version counter (and the id of the last
+change stream entry); when they moved, it
+replays the change stream after the last entry it applied and re-reads the sums of the speakers that
+changed. Stream entries carry consecutive versions, so a gap (the stream was trimmed past us, or
+Redis lost its data) is detected and answered with a full reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import numpy as np
+
+from app.errors import StoreUnavailable
+from app.store.index import VoiceprintIndex
+from app.store.redis_store import Change, RedisVoiceprintStore
+
+log = logging.getLogger(__name__)
+
+
+class IndexSyncer:
+    def __init__(self, store: RedisVoiceprintStore, index: VoiceprintIndex, interval_s: float) -> None:
+        self.store = store
+        self.index = index
+        self.interval_s = interval_s
+        self.version = -1  # nothing loaded yet
+        self.stream_id: str | None = None
+        self.last_error: str | None = None
+        self.last_success_monotonic: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        """Loaded at least once and the last poll reached Redis."""
+        return self.version >= 0 and self.last_error is None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def full_reload(self) -> None:
+        point = await self.store.sync_point()
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        async for batch_ids, batch_sums in self.store.iter_all_sums():
+            ids.extend(batch_ids)
+            vectors.extend(batch_sums)
+        matrix = np.stack(vectors) if vectors else np.zeros((0, self.index.dim), dtype=np.float32)
+        self.index.replace_all(ids, matrix)
+        self.version, self.stream_id = point.version, point.stream_id
+        # Changes made while we loaded are replayed by the next poll (upserts re-read, so idempotent).
+        log.info("voiceprint index loaded", extra={"speakers": len(ids), "version": point.version})
+
+    async def sync_once(self) -> None:
+        async with self._lock:
+            try:
+                await self._sync()
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                raise
+            self.last_error = None
+            self.last_success_monotonic = time.monotonic()
+
+    async def _sync(self) -> None:
+        if self.version < 0:
+            await self.full_reload()
+        point = await self.store.sync_point()
+        remote = point.version
+        # Same version *and* same last stream entry: nothing changed. (A restarted, emptied Redis can
+        # reach our version number again, but never with the same stream entry id.)
+        if remote == self.version and point.stream_id == self.stream_id:
+            return
+        if remote <= self.version:  # Redis lost data or was flushed
+            await self.full_reload()
+            return
+        changes = await self.store.changes_after(self.stream_id)
+        expected = self.version + 1
+        if not changes or changes[0].version != expected:
+            await self.full_reload()
+            return
+        consecutive: list[Change] = []
+        for change in changes:
+            if change.version != expected:
+                break
+            consecutive.append(change)
+            expected += 1
+        await self._apply(consecutive)
+        self.version = consecutive[-1].version
+        self.stream_id = consecutive[-1].stream_id
+
+    async def _apply(self, changes: list[Change]) -> None:
+        # The last op per speaker wins; upserts re-read the current sum (it may be newer than the entry).
+        touched = list(dict.fromkeys(c.speaker_id for c in changes))
+        sums = await self.store.get_sums(touched)
+        present = [(sid, s) for sid, s in zip(touched, sums, strict=True) if s is not None]
+        for sid, s in zip(touched, sums, strict=True):
+            if s is None:
+                self.index.remove(sid)
+        if present:
+            self.index.upsert_many([sid for sid, _ in present], np.stack([s for _, s in present]))
+
+    async def start(self) -> None:
+        """First load (raises when Redis is unreachable), then poll in the background."""
+        await self.sync_once()
+        self._task = asyncio.create_task(self._run(), name="voiceprint-index-sync")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sync_once()
+            except StoreUnavailable as exc:
+                log.warning("index sync failed: %s", exc)
+            except Exception:  # keep polling; a bug here must not silently stop the sync
+                self.last_error = "index sync crashed; see logs"
+                log.exception("index sync crashed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

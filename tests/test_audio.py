@@ -1,0 +1,167 @@
+"""app.audio: container sniffing, decoding of every supported format, resampling, limits."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from app.audio import TARGET_SAMPLE_RATE, decode_audio, require_speech, sniff_format
+from app.errors import AudioTooLong, InvalidAudio, NoSpeech, NotEnoughSpeech, UnsupportedMediaType
+from tests.conftest import SPEECH_DIR
+
+SPEECH_FILE = SPEECH_DIR / "vctk_p225" / sorted(p.name for p in (SPEECH_DIR / "vctk_p225").glob("*.wav"))[0]
+
+
+def _speech() -> np.ndarray:
+    data, sr = sf.read(SPEECH_FILE, dtype="float32")
+    assert sr == TARGET_SAMPLE_RATE
+    return data
+
+
+def _encode(samples: np.ndarray, sample_rate: int, fmt: str, subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, sample_rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def test_wav_roundtrip_is_exact() -> None:
+    audio = decode_audio(SPEECH_FILE.read_bytes())
+    reference = _speech()
+    assert audio.format == "wav"
+    assert audio.source_sample_rate == 16000
+    assert audio.waveform.dtype == np.float32
+    np.testing.assert_array_equal(audio.waveform, reference)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_wav_sample_formats(subtype: str) -> None:
+    reference = _speech()
+    audio = decode_audio(_encode(reference, 16000, "WAV", subtype))
+    tolerance = 1.0 / 64 if subtype == "PCM_U8" else 1e-4
+    assert np.max(np.abs(audio.waveform - reference)) < tolerance
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "expected", "max_err"),
+    [
+        ("FLAC", "PCM_16", "flac", 1e-4),
+        ("OGG", "VORBIS", "ogg", None),
+        ("OGG", "OPUS", "ogg", None),
+        ("MP3", "MPEG_LAYER_III", "mp3", None),
+    ],
+)
+def test_compressed_formats_decode(fmt: str, subtype: str, expected: str, max_err: float | None) -> None:
+    reference = _speech()
+    sample_rate = 48000 if subtype == "OPUS" else 16000  # Opus works at 48 kHz
+    source = reference
+    if sample_rate != 16000:
+        import soxr
+
+        source = soxr.resample(reference, 16000, sample_rate)
+    audio = decode_audio(_encode(source, sample_rate, fmt, subtype))
+    assert audio.format == expected
+    assert audio.source_sample_rate == sample_rate
+    # Lossy codecs add delay/padding: same length within 0.1 s, and the same signal by correlation.
+    assert abs(audio.waveform.size - reference.size) < 0.1 * TARGET_SAMPLE_RATE
+    if max_err is not None:
+        assert np.max(np.abs(audio.waveform - reference)) < max_err
+    n = min(audio.waveform.size, reference.size)
+    lag_search = [np.corrcoef(audio.waveform[lag:n], reference[: n - lag])[0, 1] for lag in range(0, 1200, 8)]
+    assert max(lag_search) > 0.9
+
+
+def test_stereo_44k1_is_mixed_and_resampled() -> None:
+    reference = _speech()
+    import soxr
+
+    at_44k1 = soxr.resample(reference, 16000, 44100)
+    # Left = speech, right = speech at half volume: the mono mix is 0.75 x speech.
+    stereo = np.stack([at_44k1, 0.5 * at_44k1], axis=1)
+    audio = decode_audio(_encode(stereo, 44100, "WAV", "FLOAT"))
+    assert audio.source_sample_rate == 44100
+    assert audio.source_channels == 2
+    assert abs(audio.waveform.size - reference.size) <= 2
+    n = min(audio.waveform.size, reference.size)
+    err = audio.waveform[:n] - 0.75 * reference[:n]
+    # There and back again loses only the band edge near 8 kHz (about -30 dB here); a wrong mix
+    # (one channel only, or a sum) would leave an error of 25 % or more.
+    assert np.sqrt(np.mean(err**2)) < 0.05 * np.sqrt(np.mean(reference**2))
+
+
+def test_sniffing() -> None:
+    assert sniff_format(b"RIFF\x00\x00\x00\x00WAVEfmt ") == "wav"
+    assert sniff_format(b"fLaC\x00") == "flac"
+    assert sniff_format(b"OggS\x00") == "ogg"
+    assert sniff_format(b"ID3\x04") == "mp3"
+    assert sniff_format(b"\xff\xfb\x90\x00") == "mp3"
+    assert sniff_format(b"hello world, I am text") is None
+    assert sniff_format(b"") is None
+
+
+def test_text_named_wav_is_unsupported_media_type() -> None:
+    with pytest.raises(UnsupportedMediaType):
+        decode_audio(b"this is a text file, not audio\n" * 10, content_type="audio/wav")
+
+
+def test_non_audio_content_type_is_refused() -> None:
+    with pytest.raises(UnsupportedMediaType):
+        decode_audio(SPEECH_FILE.read_bytes(), content_type="text/plain")
+    # generic or audio types defer to the bytes
+    assert decode_audio(SPEECH_FILE.read_bytes(), content_type="application/octet-stream").format == "wav"
+
+
+def test_empty_upload_is_invalid() -> None:
+    with pytest.raises(InvalidAudio, match="empty"):
+        decode_audio(b"")
+
+
+@pytest.mark.parametrize("keep", [12, 30, 44, 20000])
+def test_truncated_wav_is_invalid(keep: int) -> None:
+    data = SPEECH_FILE.read_bytes()
+    assert len(data) > 20000
+    with pytest.raises(InvalidAudio):
+        decode_audio(data[:keep])
+
+
+def test_corrupt_flac_is_invalid() -> None:
+    data = bytearray(_encode(_speech(), 16000, "FLAC"))
+    data[4:200] = b"\x00" * 196  # destroy STREAMINFO
+    with pytest.raises(InvalidAudio):
+        decode_audio(bytes(data))
+
+
+def test_too_long_is_refused_from_the_header() -> None:
+    with pytest.raises(AudioTooLong) as info:
+        decode_audio(SPEECH_FILE.read_bytes(), max_seconds=1.0)
+    assert info.value.extra["max_seconds"] == 1.0
+
+
+def test_speech_checks() -> None:
+    rng = np.random.default_rng(0)
+    silence = decode_audio(_encode(np.zeros(16000 * 3, dtype=np.float32), 16000, "WAV"))
+    with pytest.raises(NoSpeech):
+        require_speech(silence, 1.0)
+    quiet_hiss = decode_audio(
+        _encode((1e-4 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000, "WAV")
+    )
+    with pytest.raises(NoSpeech):
+        require_speech(quiet_hiss, 1.0)
+    short = decode_audio(_encode(short_speech(0.3), 16000, "WAV"))
+    with pytest.raises(NotEnoughSpeech):
+        require_speech(short, 1.0)
+    full = decode_audio(SPEECH_FILE.read_bytes())
+    assert require_speech(full, 1.0) > 1.0
+
+
+def short_speech(seconds: float, path: Path = SPEECH_FILE) -> np.ndarray:
+    """``seconds`` of the loudest stretch of a real recording, padded with 1 s of silence each side."""
+    data, _ = sf.read(path, dtype="float32")
+    n = int(seconds * 16000)
+    energy = np.convolve(data**2, np.ones(n), mode="valid")
+    start = int(np.argmax(energy))
+    pad = np.zeros(16000, dtype=np.float32)
+    return np.concatenate([pad, data[start : start + n], pad])
