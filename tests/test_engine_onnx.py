@@ -196,9 +196,9 @@ def test_engine_from_settings_starts_warm_and_reports_provider(toy_dir: Path) ->
 
 
 # --- the real default model, when it has been exported --------------------------------------------
-def speech_files(limit: int) -> list[npt.NDArray[np.float32]]:
+def speech_files(limit: int, step: int = 5) -> list[npt.NDArray[np.float32]]:
     waves = []
-    for path in sorted(SPEECH_DIR.glob("*/*.wav"))[::5][:limit]:
+    for path in sorted(SPEECH_DIR.glob("*/*.wav"))[::step][:limit]:
         data, rate = sf.read(path, dtype="float32")
         assert rate == SR
         waves.append(np.asarray(data, dtype=np.float32))
@@ -215,3 +215,19 @@ def test_default_model_batched_matches_alone() -> None:
     for got, want in zip(batched, alone, strict=True):
         assert got.shape == (backend.dim,)
         assert np.abs(got - want).max() <= TOL
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.onnx").is_file(), reason="models/default not exported")
+def test_default_model_long_audio_is_segmented_like_the_cli_helper() -> None:
+    backend = OnnxBackend.from_settings(Settings(model_dir=DEFAULT_MODEL_DIR))
+    seg = backend.manifest.segment_seconds
+    if seg is None:
+        pytest.skip("default model does not segment")
+    waves = speech_files(20, step=1)
+    long = np.concatenate(waves)[: int((seg + 4.5) * SR)]
+    assert long.size > seg * SR  # at least two segments
+    policy = SegmentPolicy.from_manifest(backend.manifest)
+    want = embed_waveforms(backend, [long], policy)[0]
+    got, short = run_engine(backend, [long, waves[0]])
+    assert np.abs(got - want).max() <= TOL
+    assert np.abs(short - embed_waveforms(backend, [waves[0]], policy)[0]).max() <= TOL

@@ -208,6 +208,17 @@ def test_silence_and_empty_input_give_finite_embeddings(session: ort.InferenceSe
     out = _embed(session, [np.zeros(SAMPLE_RATE, dtype=np.float32), np.zeros(1, dtype=np.float32)])
     assert out.shape == (2, 256)
     assert np.isfinite(out).all()
+    empty = session.run(None, {AUDIO_INPUT: np.zeros((1, 0), np.float32), LENGTHS_INPUT: np.array([0])})[0]
+    assert np.isfinite(empty).all()
+
+
+def test_lengths_past_the_padded_width_count_as_the_width(
+    session: ort.InferenceSession, waves: dict[str, Waveform]
+) -> None:
+    wav = next(iter(waves.values()))[None]
+    too_long = np.array([wav.shape[1] + 50_000], dtype=np.int64)
+    (out,) = session.run(None, {AUDIO_INPUT: wav, LENGTHS_INPUT: too_long})
+    np.testing.assert_allclose(out, _embed(session, [wav[0]]), atol=1e-6)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import logging
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from app.errors import StoreUnavailable
 from app.store.index import VoiceprintIndex
@@ -47,15 +48,24 @@ class IndexSyncer:
     async def full_reload(self) -> None:
         point = await self.store.sync_point()
         ids: list[str] = []
-        vectors: list[np.ndarray] = []
+        vectors: list[npt.NDArray[np.float32]] = []
         async for batch_ids, batch_sums in self.store.iter_all_sums():
             ids.extend(batch_ids)
             vectors.extend(batch_sums)
-        matrix = np.stack(vectors) if vectors else np.zeros((0, self.index.dim), dtype=np.float32)
-        self.index.replace_all(ids, matrix)
+        await asyncio.to_thread(self._replace_all, ids, vectors)
         self.version, self.stream_id = point.version, point.stream_id
         # Changes made while we loaded are replayed by the next poll (upserts re-read, so idempotent).
         log.info("voiceprint index loaded", extra={"speakers": len(ids), "version": point.version})
+
+    def _replace_all(self, ids: list[str], vectors: list[npt.NDArray[np.float32]]) -> None:
+        matrix = np.stack(vectors) if vectors else np.zeros((0, self.index.dim), dtype=np.float32)
+        self.index.replace_all(ids, matrix)
+
+    def _update(self, removed: list[str], ids: list[str], vectors: list[npt.NDArray[np.float32]]) -> None:
+        for sid in removed:
+            self.index.remove(sid)
+        if ids:
+            self.index.upsert_many(ids, np.stack(vectors))
 
     async def sync_once(self) -> None:
         async with self._lock:
@@ -99,11 +109,9 @@ class IndexSyncer:
         touched = list(dict.fromkeys(c.speaker_id for c in changes))
         sums = await self.store.get_sums(touched)
         present = [(sid, s) for sid, s in zip(touched, sums, strict=True) if s is not None]
-        for sid, s in zip(touched, sums, strict=True):
-            if s is None:
-                self.index.remove(sid)
-        if present:
-            self.index.upsert_many([sid for sid, _ in present], np.stack([s for _, s in present]))
+        removed = [sid for sid, s in zip(touched, sums, strict=True) if s is None]
+        # Index updates wait for a running search's lock: never on the event loop.
+        await asyncio.to_thread(self._update, removed, [sid for sid, _ in present], [s for _, s in present])
 
     async def start(self) -> None:
         """First load (raises when Redis is unreachable), then poll in the background."""

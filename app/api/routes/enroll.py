@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EnrollFormData, State
 from app.api.intake import embed_uploads, files_field, metadata_field, speaker_id_field
@@ -62,7 +63,7 @@ async def enroll(request: Request, state: State, form: EnrollFormData) -> Enroll
         metadata,
     )
     # Read-your-writes on this replica; other replicas catch up through the change stream.
-    state.index.upsert(speaker_id, result.sum)
+    await run_in_threadpool(state.index.upsert, speaker_id, result.sum)
     needed = state.settings.enroll_speech_seconds
     return EnrollResponse(
         speaker_id=speaker_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SpeakerIdPath, State
 from app.api.routes.openapi import problems
@@ -76,7 +77,7 @@ async def delete_speaker(state: State, speaker_id: SpeakerIdPath) -> DeleteRespo
     """Erase the speaker: its voiceprint under every model of this tenant, and its place in the
     speaker lists and indexes."""
     deleted = await state.store.delete_everywhere(speaker_id)
-    state.index.remove(speaker_id)
+    await run_in_threadpool(state.index.remove, speaker_id)
     if not deleted:
         raise SpeakerNotFound(f"speaker {speaker_id!r} is not enrolled", speaker_id=speaker_id)
     return DeleteResponse(speaker_id=speaker_id, deleted_models=deleted)
