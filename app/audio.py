@@ -1,6 +1,6 @@
 """Audio intake: sniff, decode, mix to mono, resample to 16 kHz, and check the limits.
 
-Decisions (documented in the README's API section too):
+Decisions (also stated in the OpenAPI description at /docs):
 
 * The container is recognised by its magic bytes, not its file name. Content that is none of WAV
   (RIFF/RF64/WAVE), FLAC, OGG (Vorbis, Opus) or MP3 is ``unsupported_media_type`` (415) — a text file

@@ -30,6 +30,25 @@ from app.store.sync import IndexSyncer
 
 log = logging.getLogger(__name__)
 
+API_DESCRIPTION = """\
+Enroll speakers, verify a voice against an enrolled speaker or a second recording, identify a voice
+among the enrolled speakers. Scores are raw **cosine similarities** in [-1, 1]; `match` means
+score >= threshold (the model's default unless the request gives one).
+
+Audio: WAV (PCM 8/16/24/32-bit, float), FLAC, OGG (Vorbis, Opus) or MP3, any sample rate and channel
+count (mixed to mono, resampled to 16 kHz). The format is recognised from the file's content, not its
+name: content that is no supported audio container (e.g. a text file named `.wav`) or a declared
+non-audio content type is **415 `unsupported_media_type`**; a supported container that cannot be
+decoded (corrupt, truncated, empty) is **400 `invalid_audio`**.
+
+Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
+`instance`, `request_id`) with a stable `code`: `invalid_audio` 400, `speaker_not_found` 404,
+`audio_too_large` 413 (checked while the upload streams in), `unsupported_media_type` 415,
+`audio_too_long`, `no_speech`, `not_enough_speech`, `invalid_speaker_id`, `invalid_request` 422,
+`overloaded` 429 (with `Retry-After`), `store_unavailable` / `engine_unavailable` 503,
+`deadline_exceeded` 504. A refused request never changes stored data.
+"""
+
 # How long start-up waits for Redis before giving up (an embedded redis-server is already up by then).
 REDIS_STARTUP_TIMEOUT_S = 15.0
 
@@ -96,9 +115,7 @@ def create_app(
         title="VoxGate",
         version="0.1.0",
         summary="Speaker verification and identification",
-        description="Enroll speakers, verify a voice against a speaker or a second recording, identify "
-        "a voice among enrolled speakers. Scores are raw cosine similarities in [-1, 1]. Every error is "
-        "an RFC 9457 problem+json body with a stable `code`.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
     )
     install_problem_handlers(app)

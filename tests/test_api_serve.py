@@ -19,7 +19,7 @@ import redis
 
 from app.redis_supervisor import RedisSupervisor, free_port
 from tests.api_support import build_tiny_model, speech_files
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, RedisProcess
 
 pytestmark = pytest.mark.slow
 
@@ -90,9 +90,12 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def _start_serve(model: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_serve(
+    model: Path, data_dir: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "VOXGATE_REDIS_URL")}
     env.update({"VOXGATE_DATA_DIR": str(data_dir), "VOXGATE_WARMUP": "false", "VOXGATE_LOG_JSON": "true"})
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--model", str(model)],
         cwd=REPO_ROOT,
@@ -147,3 +150,25 @@ def test_serve_with_embedded_redis_keeps_data_across_restarts(tmp_path: Path) ->
         assert body["utterances"] == 1
     finally:
         _stop_serve(proc)
+
+
+def test_serve_uses_redis_url_when_given(tmp_path: Path, redis_server: RedisProcess) -> None:
+    model = build_tiny_model(tmp_path / "model")
+    namespace = f"serve-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {"REDIS_URL": redis_server.url, "VOXGATE_REDIS_NAMESPACE": namespace}
+    proc = _start_serve(model, tmp_path / "data", port, env)
+    try:
+        wav = speech_files()["vctk_p226"][0]
+        status, body = _post_multipart(
+            f"http://127.0.0.1:{port}/enroll", {"speaker_id": "yan"}, [("audio", wav)]
+        )
+        assert status == 200, body
+    finally:
+        _stop_serve(proc)
+    assert not (tmp_path / "data" / "redis").exists()  # no embedded server was started
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert [k for k in client.scan_iter(match=f"{namespace}:*:spk:yan")]
+    finally:
+        client.close()

@@ -145,7 +145,7 @@ def run_engine(
     return asyncio.run(scenario())
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     durations=st.lists(st.floats(0.1, 10.0), min_size=1, max_size=12),
     seed=st.integers(0, 10_000),

@@ -34,6 +34,7 @@ class IndexSyncer:
         self.last_error: str | None = None
         self.last_success_monotonic: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     @property
@@ -119,7 +120,7 @@ class IndexSyncer:
         self._task = asyncio.create_task(self._run(), name="voiceprint-index-sync")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.sync_once()
@@ -130,6 +131,7 @@ class IndexSyncer:
                 log.exception("index sync crashed")
 
     async def stop(self) -> None:
+        self._stopping = True  # ends the loop even if a driver call swallowed the cancellation
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
