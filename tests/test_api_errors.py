@@ -287,6 +287,14 @@ def test_overloaded_is_429_with_retry_after(redis_server: RedisProcess, tiny_mod
         body = assert_problem(r, 429, "overloaded")
         assert int(r.headers["retry-after"]) >= 1
         assert body["detail"]
+        before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
+        r = client.post(
+            "/enroll",
+            data={"speaker_id": "late"},
+            files=[wav_file(WAV_A.read_bytes()), wav_file(WAV_B.read_bytes())],
+        )
+        assert_problem(r, 429, "overloaded")
+        assert redis_snapshot(settings.redis_url or "", settings.redis_namespace) == before
         thread.join()
         assert first["response"].status_code == 200, first["response"].text
 

@@ -36,15 +36,16 @@ def unit(rng: np.random.Generator, n: int = 1, dim: int = DIM) -> np.ndarray:
 
 
 # --- the index (pure numpy) -----------------------------------------------------------------------
-def test_index_search_matches_brute_force() -> None:
+@pytest.mark.parametrize("top_k", [1, 7, 16, 17, 50])  # both top-k strategies (argmax passes, partition)
+def test_index_search_matches_brute_force(top_k: int) -> None:
     rng = np.random.default_rng(1)
     index = VoiceprintIndex(DIM, capacity=4)  # forces growth
     vectors = unit(rng, 3000)
     ids = [f"s{i}" for i in range(3000)]
     index.upsert_many(ids, vectors * 3.0)  # stored normalised whatever the scale
     query = unit(rng)[0]
-    expected = np.argsort(-(vectors @ query))[:7]
-    hits = index.search(query, 7)
+    expected = np.argsort(-(vectors @ query))[:top_k]
+    hits = index.search(query, top_k)
     assert [h.speaker_id for h in hits] == [ids[i] for i in expected]
     np.testing.assert_allclose([h.score for h in hits], (vectors @ query)[expected], rtol=1e-5)
 
@@ -64,6 +65,10 @@ def test_index_remove_upsert_and_candidates() -> None:
     index.upsert("s9", vectors[0])  # overwrite in place
     assert len(index) == 9
     assert index.search(vectors[0], 2)[1].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.speaker_id for h in index.search(vectors[2], 1)] == ["s2"]
+    duplicate = VoiceprintIndex(DIM)
+    duplicate.replace_all(["a", "b", "c"], np.stack([vectors[0], vectors[1], vectors[0]]))
+    assert [h.speaker_id for h in duplicate.search(vectors[0], 3)][:2] == ["a", "c"]  # ties: row order
     restricted = index.search(vectors[5], 5, candidates=["s1", "s2", "nobody"])
     assert {h.speaker_id for h in restricted} == {"s1", "s2"}
     assert index.search(vectors[0], 5, candidates=[]) == []

@@ -73,13 +73,19 @@ async def embed_uploads(
         )
         try:
             unit = l2_normalize(raw)
-        except ValueError as exc:  # a silent-but-speechy edge case the model maps to zero
+        except ValueError as exc:  # a degenerate input the model maps to the zero vector
             raise InvalidAudio(
                 "the model produced no usable embedding for this recording", file=item.name
             ) from exc
         return Utterance(item.name, unit, item.speech_seconds, item.waveform.size / TARGET_SAMPLE_RATE)
 
-    return list(await asyncio.gather(*(embed_one(item) for item in decoded)))
+    # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(embed_one(item)) for item in decoded]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 # --- form fields ---

@@ -39,14 +39,28 @@ class AttentivePoolLayer(nn.Module):
         x32 = x.to(torch.float32)
         weights = torch.where(valid_mask, 1.0 / count, torch.zeros_like(count))  # [B, 1, T]
         mean, std = _weighted_stats(x32, weights)
-        time = x.shape[2]
-        mean_t = mean.to(x.dtype).unsqueeze(2).expand(-1, -1, time)
-        std_t = std.to(x.dtype).unsqueeze(2).expand(-1, -1, time)
-        scores = self.attention_layer(torch.cat([x, mean_t, std_t], dim=1)).to(torch.float32)
+        scores = self._attention_scores(x, torch.cat([mean, std], dim=1).to(x.dtype)).to(torch.float32)
         scores = scores.masked_fill(~valid_mask, float("-inf"))
         alpha = F.softmax(scores, dim=2)
         mu, sigma = _weighted_stats(x32, alpha)
         return torch.cat([mu, sigma], dim=1).unsqueeze(2)
+
+    def _attention_scores(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """``attention_layer(cat([x, mean, std] repeated over time)))`` without building that input.
+
+        NeMo feeds the 1x1 TDNN convolution the statistics copied to every frame; their part of the
+        convolution is the same for every frame, so it is computed once per item ([B, 2C] -> [B, A, 1])
+        and added: a third of the arithmetic, and no [B, 3C, T] concatenation.
+        """
+        tdnn, tanh, conv = self.attention_layer
+        assert isinstance(tdnn, TDNNModule)
+        weight, bias = tdnn.conv_layer.weight, tdnn.conv_layer.bias
+        channels = x.shape[1]
+        per_frame = F.conv1d(x, weight[:, :channels])
+        per_item = F.conv1d(stats.unsqueeze(2), weight[:, channels:], bias)
+        hidden = tdnn.bn(tdnn.activation(per_frame + per_item))
+        scores: torch.Tensor = conv(tanh(hidden))
+        return scores
 
 
 def _weighted_stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

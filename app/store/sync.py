@@ -23,6 +23,8 @@ from app.store.redis_store import Change, RedisVoiceprintStore
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 5.0
+
 
 class IndexSyncer:
     def __init__(self, store: RedisVoiceprintStore, index: VoiceprintIndex, interval_s: float) -> None:
@@ -132,8 +134,13 @@ class IndexSyncer:
 
     async def stop(self) -> None:
         self._stopping = True  # ends the loop even if a driver call swallowed the cancellation
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if done:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                task.result()
+        else:  # shutdown must not hang on a stuck Redis call
+            log.warning("index sync task did not stop within %s s", STOP_TIMEOUT_S)
