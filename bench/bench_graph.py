@@ -25,7 +25,9 @@ import onnxruntime as ort
 SAMPLE_RATE = 16000
 
 
-def session(graph: Path, options: dict[str, str], *, optimized: Path | None, profile: bool) -> ort.InferenceSession:
+def session(
+    graph: Path, options: dict[str, str], *, optimized: Path | None, profile: bool
+) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = len(os.sched_getaffinity(0))
     so.inter_op_num_threads = 1
@@ -43,7 +45,9 @@ def session(graph: Path, options: dict[str, str], *, optimized: Path | None, pro
         so.optimized_model_filepath = str(optimized)
     if profile:
         so.enable_profiling = True
-    return ort.InferenceSession(str(graph / "model.onnx"), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(graph / "model.onnx"), sess_options=so, providers=["CPUExecutionProvider"]
+    )
 
 
 def inputs(seconds: float, batch: int) -> dict[str, np.ndarray]:
@@ -96,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3, help="runs per case per round (best kept)")
-    p.add_argument("--options", nargs="+", default=[""], help='session config variants, e.g. "" "session.intra_op.allow_spinning=0"')
+    p.add_argument(
+        "--options",
+        nargs="+",
+        default=[""],
+        help='session config variants, e.g. "" "session.intra_op.allow_spinning=0"',
+    )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--save-optimized", type=Path, help="write ORT's optimised graph of the first graph here")
     p.add_argument("--export", nargs="+", help="export random-init architectures (fp32) to --out first")
@@ -117,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                 op_profile(graph, seconds, args.batches[0])
         return 0
     variants = parse_options(args.options)
-    sessions = {(g, i): session(g, o, optimized=None, profile=False) for g in args.graphs for i, o in enumerate(variants)}
+    sessions = {
+        (g, i): session(g, o, optimized=None, profile=False)
+        for g in args.graphs
+        for i, o in enumerate(variants)
+    }
     best: dict[tuple[Path, int, float, int], float] = {}
     for _ in range(args.rounds):
         for seconds in args.durations:
@@ -128,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                     case = (*key, seconds, batch)
                     best[case] = min(best.get(case, float("inf")), t)
     print(f"{'graph':40s} {'options':45s} {'sec':>4s} {'batch':>5s} {'ms/utt':>8s}")
-    for (graph, i, seconds, batch), t in sorted(best.items(), key=lambda kv: (kv[0][2], kv[0][3], str(kv[0][0]), kv[0][1])):
+    for (graph, i, seconds, batch), t in sorted(
+        best.items(), key=lambda kv: (kv[0][2], kv[0][3], str(kv[0][0]), kv[0][1])
+    ):
         opts = ",".join(f"{k}={v}" for k, v in variants[i].items()) or "(default)"
-        print(f"{str(graph):40s} {opts:45s} {seconds:4g} {batch:5d} {1000 * t:8.1f}")
+        print(f"{graph!s:40s} {opts:45s} {seconds:4g} {batch:5d} {1000 * t:8.1f}")
     return 0
 
 

@@ -63,6 +63,8 @@ class EmbeddingGraph(nn.Module):
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
         self.model = model.eval()
+        # 2-D convolutions of unit height: ORT's CPU NCHWc kernels (see app.modeling.conv_asr, Layout).
+        model.encoder.frames_as_width = True
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if precision == "fp16":

@@ -40,7 +40,13 @@ class AttentivePoolLayer(nn.Module):
         weights = torch.where(valid_mask, 1.0 / count, torch.zeros_like(count))  # [B, 1, T]
         mean, std = _weighted_stats(x32, weights)
         scores = self._attention_scores(x, torch.cat([mean, std], dim=1).to(x.dtype)).to(torch.float32)
-        scores = scores.masked_fill(~valid_mask, float("-inf"))
+        if x.dtype == torch.float32:
+            # Adding a [B, 1, T] row of 0 / -inf is cheaper in ONNX Runtime than a Where over [B, C, T];
+            # float32 scores are finite (a 1x1 convolution of tanh outputs), so no inf - inf.
+            no_frame = torch.full((), float("-inf"), device=x.device)
+            scores = scores + torch.where(valid_mask, torch.zeros((), device=x.device), no_frame)
+        else:
+            scores = scores.masked_fill(~valid_mask, float("-inf"))
         alpha = F.softmax(scores, dim=2)
         mu, sigma = _weighted_stats(x32, alpha)
         return torch.cat([mu, sigma], dim=1).unsqueeze(2)

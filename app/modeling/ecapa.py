@@ -5,7 +5,8 @@ Alone, NeMo pads each utterance's features to a multiple of 16 frames, and the c
 padding starts right after that. To give every item of a padded batch exactly that result, the input of
 each convolution wider than one frame is zeroed from the item's own padded length on; inside that length
 the padded frames carry the same non-zero activations they carry when the utterance is alone.
-Squeeze-excitation averages over the valid frames, as in NeMo.
+Squeeze-excitation averages over the valid frames, as in NeMo. ``frames_as_width``: as in
+``app.modeling.conv_asr`` (2-D convolutions of unit height for ONNX Runtime's NCHWc kernels).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.modeling.conv_asr import masked, same_padding
+from app.modeling.conv_asr import apply_layer, batch_norm, conv, frames_mask, masked, same_padding
 
 
 class TDNNModule(nn.Module):
@@ -38,8 +39,7 @@ class TDNNModule(nn.Module):
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         if pad_mask is not None and self.kernel_size > 1:
             x = masked(x, pad_mask)
-        out: torch.Tensor = self.bn(self.activation(self.conv_layer(x)))
-        return out
+        return batch_norm(self.bn, self.activation(conv(self.conv_layer, x)))
 
 
 class MaskedSEModule(nn.Module):
@@ -57,8 +57,10 @@ class MaskedSEModule(nn.Module):
 
     def forward(self, x: torch.Tensor, valid_mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         # Mean in float32: a sum over thousands of frames can overflow fp16.
-        pooled = masked(x, valid_mask).to(torch.float32).sum(dim=2, keepdim=True) / count
-        scale: torch.Tensor = self.se_layer(pooled.to(x.dtype))
+        pooled = masked(x, valid_mask).to(torch.float32).sum(dim=-1, keepdim=True) / count
+        scale = pooled.to(x.dtype)
+        for layer in self.se_layer:
+            scale = apply_layer(layer, scale)
         return scale * x
 
 
@@ -97,10 +99,12 @@ class TDNNSEModule(nn.Module):
         self, x: torch.Tensor, valid_mask: torch.Tensor, pad_mask: torch.Tensor, count: torch.Tensor
     ) -> torch.Tensor:
         tdnn_in, group_conv, relu, bn, tdnn_out = self.group_tdnn_block
+        assert isinstance(group_conv, nn.Conv1d)
+        assert isinstance(bn, nn.BatchNorm1d)
         out = tdnn_in(x)
         if self.kernel_size > 1:
             out = masked(out, pad_mask)
-        out = tdnn_out(bn(relu(group_conv(out))))
+        out = tdnn_out(batch_norm(bn, relu(conv(group_conv, out))))
         scaled: torch.Tensor = self.se_layer(out, valid_mask, count)
         return scaled + x
 
@@ -131,6 +135,7 @@ class ECAPAEncoder(nn.Module):
             )
         self.feature_agg = TDNNModule(filters[-1], filters[-1], kernel_sizes[-1], dilations[-1])
         self.feat_out = int(filters[-1])
+        self.frames_as_width = False  # see the module docstring
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ECAPAEncoder:
@@ -144,10 +149,11 @@ class ECAPAEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, padded_lengths: torch.Tensor) -> torch.Tensor:
         """``lengths``: valid frames; ``padded_lengths``: frames the utterance would have alone."""
-        frames = torch.arange(x.shape[2], device=x.device).unsqueeze(0)
-        valid_mask = (frames < lengths.unsqueeze(1)).unsqueeze(1)
-        pad_mask = (frames < padded_lengths.unsqueeze(1)).unsqueeze(1)
-        count = torch.clamp(lengths, min=1).to(torch.float32).view(-1, 1, 1)
+        if self.frames_as_width:
+            x = x.unsqueeze(2)
+        valid_mask = frames_mask(lengths, x.shape[-1], x)
+        pad_mask = frames_mask(padded_lengths, x.shape[-1], x)
+        count = torch.clamp(lengths, min=1).to(torch.float32).view(-1, *([1] * (x.dim() - 1)))
         outputs = []
         first = self.layers[0]
         assert isinstance(first, TDNNModule)
@@ -156,4 +162,4 @@ class ECAPAEncoder(nn.Module):
             x = layer(x, valid_mask, pad_mask, count)
             outputs.append(x)
         out: torch.Tensor = self.feature_agg(torch.cat(outputs, dim=1), pad_mask)
-        return out
+        return out[:, :, 0] if self.frames_as_width else out  # select: see ConvASREncoder.forward
