@@ -130,6 +130,14 @@ def _is_kubectl_apply(c: Command) -> bool:
     return c.tokens[:3] == ("kubectl", "apply", "-k")
 
 
+def _is_bench(c: Command) -> bool:
+    # Covered by tests/test_bench_smoke.py, which runs each benchmark at tiny sizes.
+    program = c.tokens[:1]
+    if not program or not Path(program[0]).name.startswith("python"):
+        return False
+    return c.tokens[1:3] in (("-m", "bench.bench_engine"),) or c.tokens[1:2] == ("bench/bench_search.py",)
+
+
 RULES: dict[str, Callable[[Command], bool]] = {
     "make": _is_make,
     "voxgate": _is_voxgate,
@@ -138,6 +146,7 @@ RULES: dict[str, Callable[[Command], bool]] = {
     "compose": _is_compose,
     "docker_build": _is_docker_build,
     "kubectl": _is_kubectl_apply,
+    "bench": _is_bench,
 }
 COMMANDS = readme_commands()
 
@@ -156,7 +165,7 @@ def test_readme_parser_finds_the_setup_commands() -> None:
 def test_every_readme_command_is_covered() -> None:
     uncovered = [c.text for c in COMMANDS if not any(rule(c) for rule in RULES.values())]
     assert not uncovered, f"README commands no test covers (add a rule): {uncovered}"
-    for rule in ("make", "voxgate", "settings_doc", "curl", "compose", "docker_build", "kubectl"):
+    for rule in ("make", "voxgate", "settings_doc", "curl", "compose", "docker_build", "kubectl", "bench"):
         assert _commands(rule), f"no README command for rule {rule}: remove the rule or the check is dead"
 
 

@@ -1,0 +1,32 @@
+"""The benchmarks the README quotes still run (tiny sizes; figures are not asserted, only produced)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import DEFAULT_MODEL_DIR, REPO_ROOT
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_bench_engine_runs_on_the_default_model() -> None:
+    out = _run(
+        "-m", "bench.bench_engine", "--models", "--model", str(DEFAULT_MODEL_DIR), "--no-torch",
+        "--durations", "2", "--concurrency", "1", "4", "--requests", "8",
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "engine" in line]
+    assert len(rows) >= 2, out
+    assert "B: ORT full batches" in out
+
+
+def test_bench_search_runs_and_reports_each_method() -> None:
+    out = _run("bench/bench_search.py", "--sizes", "1000", "--queries", "20", "--loop-queries", "2")
+    for method in ("index", "argsort", "loop"):
+        assert any(method in line.split() for line in out.splitlines()), out
