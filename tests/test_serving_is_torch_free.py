@@ -1,0 +1,43 @@
+"""The serving path (everything under app/ but the model code and the exporters) never imports torch:
+the runtime image installs no torch at all."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import app
+from tests.conftest import REPO_ROOT
+
+TORCH_SIDE = ("app.modeling", "app.export")
+
+
+def serving_modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages(app.__path__, "app.")]
+    return sorted(n for n in names if not n.startswith(TORCH_SIDE))
+
+
+def test_serving_modules_are_found() -> None:
+    names = serving_modules()
+    for expected in ("app.main", "app.server", "app.engine.engine", "app.store.redis_store", "app.audio"):
+        assert expected in names
+
+
+def test_importing_the_serving_path_loads_no_torch() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for name in {serving_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "from app.main import create_app\n"
+        "from app.settings import Settings\n"
+        "create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
+        "leaked = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not leaked, leaked[:5]\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
