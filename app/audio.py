@@ -7,8 +7,9 @@ Decisions (also stated in the OpenAPI description at /docs):
   named ``.wav`` is refused that way. A declared content type that is clearly not audio
   (``text/*``, ``image/*``, ...) is 415 as well.
 * Content that *looks* like a supported container but cannot be decoded (corrupt, truncated, empty,
-  no samples, NaN/inf samples) is ``invalid_audio`` (400). A WAV whose data chunk promises more bytes
-  than the file holds is truncated and refused, even though libsndfile would decode the prefix.
+  no samples, NaN/inf samples, a sample rate outside 4-768 kHz) is ``invalid_audio`` (400). A WAV
+  whose data chunk promises more bytes than the file holds is truncated and refused, even though
+  libsndfile would decode the prefix.
 * Duration is checked from the header before decoding everything, and again after decoding (MP3
   headers only estimate it).
 
@@ -33,6 +34,11 @@ from app.vad import speech_seconds
 TARGET_SAMPLE_RATE = 16000
 # soxr "HQ": 20-bit precision, linear phase; more than enough for 16 kHz speech features.
 RESAMPLE_QUALITY = "HQ"
+
+# Sample rates a real recording can have. Outside this a header is corrupt or hostile: 2**31 Hz would
+# make the resampler grind seconds for a few output samples and then report "no speech".
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 768000
 
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 
@@ -124,12 +130,18 @@ def decode_audio(
         )
     if fmt == "wav":
         _check_wav_not_truncated(data)
+    buffer = io.BytesIO(data)
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with sf.SoundFile(buffer) as f:
             sample_rate = int(f.samplerate)
             channels = int(f.channels)
-            if sample_rate <= 0 or channels <= 0:
-                raise InvalidAudio(f"bad stream parameters: {sample_rate} Hz, {channels} channels")
+            if channels <= 0:
+                raise InvalidAudio(f"bad stream parameters: {channels} channels")
+            if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+                raise InvalidAudio(
+                    f"unsupported sample rate {sample_rate} Hz; "
+                    f"expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+                )
             # MP3 frame counts are estimates; the exact check after decoding catches the rest.
             if max_seconds is not None and f.frames > 0 and f.frames / sample_rate > max_seconds + 1.0:
                 raise AudioTooLong(
@@ -139,7 +151,9 @@ def decode_audio(
                 )
             samples = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, EOFError, struct.error) as exc:
-        raise InvalidAudio(f"cannot decode {fmt.upper()} audio: {exc}") from exc
+        # libsndfile names the file object ("<_io.BytesIO object at 0x...>"): no use to a client.
+        reason = str(exc).replace(repr(buffer), "the upload")
+        raise InvalidAudio(f"cannot decode {fmt.upper()} audio: {reason}") from exc
     if samples.shape[0] == 0:
         raise InvalidAudio("the recording holds no samples")
     if not np.isfinite(samples).all():

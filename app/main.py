@@ -35,7 +35,7 @@ Enroll speakers, verify a voice against an enrolled speaker or a second recordin
 among the enrolled speakers. Scores are raw **cosine similarities** in [-1, 1]; `match` means
 score >= threshold (the model's default unless the request gives one).
 
-Audio: WAV (PCM 8/16/24/32-bit, float), FLAC, OGG (Vorbis, Opus) or MP3, any sample rate and channel
+Audio: WAV (PCM 8/16/24/32-bit, float), FLAC, OGG (Vorbis, Opus) or MP3, sample rates 4-768 kHz, any channel
 count (mixed to mono, resampled to 16 kHz). The format is recognised from the file's content, not its
 name: content that is no supported audio container (e.g. a text file named `.wav`) or a declared
 non-audio content type is **415 `unsupported_media_type`**; a supported container that cannot be

@@ -130,6 +130,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf without going through parse_constant; stored, it would come back altered.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+# Stored metadata is served back inside the speaker JSON; pydantic refuses to serialise nesting deeper
+# than ~250 levels, so a deeper object would be accepted once and then 500 every read of the speaker.
+MAX_METADATA_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def metadata_field(form: FormContents, max_bytes: int) -> dict[str, Any] | None:
     raw = form.field_value("metadata")
     if raw is None or not raw.strip():
@@ -137,11 +161,18 @@ def metadata_field(form: FormContents, max_bytes: int) -> dict[str, Any] | None:
     if len(raw.encode()) > max_bytes:
         raise InvalidRequest(f"metadata is larger than {max_bytes} bytes")
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise InvalidRequest("metadata must be a JSON object") from exc
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        # "\ud800" escapes decode to lone surrogates, which no UTF-8 response can carry: stored, they
+        # would make every later read of the speaker (GET /speakers) fail with a 500.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting under a large limit
+        raise InvalidRequest(
+            "metadata must be a JSON object of finite numbers and valid Unicode text"
+        ) from exc
     if not isinstance(value, dict):
         raise InvalidRequest("metadata must be a JSON object")
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise InvalidRequest(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
     return value
 
 

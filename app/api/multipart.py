@@ -74,7 +74,8 @@ class _Collector:
     def _decode(self, raw: bytes) -> str:
         try:
             return raw.decode(self.charset)
-        except UnicodeDecodeError as exc:
+        # UnicodeError, not just UnicodeDecodeError: codecs such as punycode / idna raise the base class.
+        except UnicodeError as exc:
             raise InvalidRequest(f"form field is not valid {self.charset}") from exc
 
     def on_part_begin(self) -> None:
@@ -131,6 +132,19 @@ class _Collector:
             self.contents.fields.setdefault(part.name, []).append(self._decode(bytes(part.data)))
 
 
+def _text_charset(raw: bytes) -> str:
+    """The declared charset when it names a text encoding, else UTF-8. codecs.lookup() also knows
+    bytes-to-bytes codecs (base64, hex, zlib, rot13) that str.decode() refuses with LookupError."""
+    try:
+        name = codecs.lookup(raw.decode("latin-1")).name
+        b"a".decode(name)  # not b"": an empty input skips the text-encoding check
+    except LookupError:
+        return "utf-8"
+    except UnicodeError:
+        pass  # a text encoding ("a" is just not valid in it, e.g. UTF-16)
+    return name
+
+
 async def read_multipart(request: Request, *, max_file_bytes: int, max_files: int) -> FormContents:
     content_type = request.headers.get("content-type", "")
     media_type, params = parse_options_header(content_type)
@@ -142,18 +156,15 @@ async def read_multipart(request: Request, *, max_file_bytes: int, max_files: in
 
     declared = request.headers.get("content-length")
     limit = max_files * max_file_bytes + MAX_FIELDS * MAX_FIELD_BYTES + _MULTIPART_OVERHEAD
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii() too: str.isdigit() accepts digits such as '²' that int() refuses (ValueError -> 500).
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise AudioTooLarge(
             f"request body of {declared} bytes exceeds the upload limit "
             f"({max_files} file(s) of at most {max_file_bytes} bytes)",
             max_upload_bytes=max_file_bytes,
         )
 
-    raw_charset = params.get(b"charset", b"utf-8")
-    try:
-        charset = codecs.lookup(raw_charset.decode("latin-1")).name
-    except LookupError:
-        charset = "utf-8"
+    charset = _text_charset(params.get(b"charset", b"utf-8"))
     collector = _Collector(charset, max_file_bytes, max_files)
     callbacks: MultipartCallbacks = {
         "on_part_begin": collector.on_part_begin,
@@ -164,9 +175,10 @@ async def read_multipart(request: Request, *, max_file_bytes: int, max_files: in
         "on_header_end": collector.on_header_end,
         "on_headers_finished": collector.on_headers_finished,
     }
-    parser = MultipartParser(boundary, callbacks)
     received = 0
     try:
+        # Inside the try: the parser refuses an over-long boundary (> 256 bytes) with FormParserError.
+        parser = MultipartParser(boundary, callbacks)
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:  # a chunked body without Content-Length

@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from app.errors import Overloaded, VoxGateError
 
@@ -91,17 +92,38 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the path supports. Starlette's 405 names only the first route that matched the
+    path, so GET and DELETE on /speakers/{id} (two routes) answered ``Allow: GET``. Asks each
+    top-level route (included routers too) whether it fully matches the path with that method."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed) or None
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else ""
     code = phrase.lower().replace(" ", "_").replace("-", "_") or "http_error"
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405 and (allow := _allowed_methods(request)):
+        headers["Allow"] = allow
     return problem_response(
         request,
         status=exc.status_code,
         code=code,
         title=phrase or "HTTP error",
         detail=str(exc.detail),
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
 
 

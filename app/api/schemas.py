@@ -43,7 +43,9 @@ class EnrollForm(BaseModel):
         description="One or more recordings (WAV, FLAC, OGG Vorbis/Opus, MP3).",
     )
     metadata: str | None = Field(
-        None, description="JSON object stored with the speaker (replaces earlier metadata)."
+        None,
+        description="JSON object stored with the speaker (replaces earlier metadata); finite numbers, "
+        "valid Unicode, at most 32 levels deep.",
     )
 
 
