@@ -187,7 +187,7 @@ def slaney_mel_filterbank(
     return weights.astype(np.float32)
 
 
-def _dft_table(n_fft: int, win_length: int) -> np.ndarray:
+def dft_table(n_fft: int, win_length: int) -> np.ndarray:
     """cos/sin rows of the real DFT over the ``win_length`` window samples: [2 * n_freqs, win_length].
 
     The window sits centred in the n_fft frame (torch.stft pads it); the offset only changes the phase,
@@ -224,7 +224,7 @@ class MelFilterbankFeatures(nn.Module):
         fb = slaney_mel_filterbank(s.sample_rate, s.n_fft, s.n_mels, s.lowfreq, s.highfreq)
         self.register_buffer("fb", torch.from_numpy(fb).unsqueeze(0))
         self.register_buffer(
-            "dft_table", torch.from_numpy(_dft_table(s.n_fft, s.win_length)), persistent=False
+            "dft_table", torch.from_numpy(dft_table(s.n_fft, s.win_length)), persistent=False
         )
         self.register_buffer("stft_basis", self._make_basis(), persistent=False)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.modeling.features import slaney_mel_filterbank
+from app.modeling.features import dft_table, slaney_mel_filterbank
 
 # resemblyzer/hparams.py
 SAMPLE_RATE = 16000
@@ -81,12 +81,9 @@ def mel_basis() -> np.ndarray:
 
 def dft_kernel() -> np.ndarray:
     """[2 * (n_fft/2+1), 1, n_fft]: windowed cos rows then windowed -sin rows (real and imaginary parts)."""
-    n_bins = N_FFT // 2 + 1
     # librosa's get_window("hann", n_fft, fftbins=True): the periodic Hann window.
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)
-    # k * n reduced modulo n_fft before scaling: exact angles even for the highest bins.
-    phase = 2.0 * np.pi * (np.outer(np.arange(n_bins), np.arange(N_FFT)) % N_FFT) / N_FFT
-    kernel = np.concatenate([np.cos(phase) * window, -np.sin(phase) * window], axis=0)
+    kernel = dft_table(N_FFT, N_FFT) * window
     return kernel[:, None, :].astype(np.float32)
 
 
