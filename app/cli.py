@@ -6,11 +6,24 @@ Each sub-command imports its implementation lazily, so ``voxgate serve`` never i
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 PRETRAINED_NAMES = ("titanet_large", "titanet_small", "ecapa_tdnn", "speakerverification_speakernet")
 RANDOM_ARCHS = ("titanet-large", "titanet-medium", "titanet-small", "ecapa_tdnn", "speakernet")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be replaced later)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--resemblyzer", type=Path, metavar="pretrained.pt", help="Resemblyzer GE2E weights")
     export.add_argument("--random-init", action="store_true", help="with --arch: random weights")
     export.add_argument("--out", type=Path, required=True, help="output directory")
-    export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="fp16: GPU graphs; int8: CPU graphs, needs --calibration-audio (NeMo models only)",
+    )
+    export.add_argument(
+        "--calibration-audio",
+        type=Path,
+        metavar="DIR",
+        help="int8: speech recordings (WAV/FLAC/OGG/MP3, searched recursively) to calibrate on; "
+        "every fourth is held out to measure accuracy",
+    )
+    export.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.995,
+        help="int8: fail unless every held-out recording's embedding has at least this cosine to the "
+        "float32 graph's (default 0.995); the most sensitive convolutions stay float32 until it does",
+    )
     export.add_argument("--cache-dir", type=Path, help="download cache for --pretrained")
     export.add_argument("--name", help="model name written to the manifest (default: derived)")
 
@@ -55,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         return serve(host=args.host, port=args.port, model_dir=args.model)
     if args.command == "export":
         from app.export.command import run_export
+
+        # Progress of long exports (downloads, int8 calibration and sensitivity passes) on stderr;
+        # only VoxGate's own loggers, not the chatter of torch / onnxruntime.
+        app_log = logging.getLogger("app")
+        if not any(h.get_name() == "voxgate-export" for h in app_log.handlers):
+            handler = _StderrHandler()
+            handler.set_name("voxgate-export")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            app_log.addHandler(handler)
+        app_log.setLevel(logging.INFO)
 
         return run_export(args)
     if args.command == "embed":

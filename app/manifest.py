@@ -28,6 +28,25 @@ class ManifestError(ValueError):
     """The manifest is missing, malformed, or disagrees with its graph."""
 
 
+class QuantizationInfo(BaseModel):
+    """How an int8 graph was made from its float32 graph, and what it costs in accuracy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    quantized_nodes: int = Field(ge=1)
+    float32_nodes: list[str] = Field(
+        default_factory=list, description="Encoder convolutions kept in float32 (too sensitive)."
+    )
+    calibration_recordings: int = Field(ge=1)
+    heldout_recordings: int = Field(ge=1)
+    min_cosine_to_fp32: float = Field(description="Worst cosine to the float32 graph, held-out audio.")
+    mean_cosine_to_fp32: float
+    max_score_change: float = Field(
+        description="Largest change of a cosine score between two held-out recordings, fp32 -> int8."
+    )
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,7 +60,8 @@ class ModelManifest(BaseModel):
     embedding_dim: int = Field(gt=0)
     input_names: tuple[str, str] = (AUDIO_INPUT, LENGTHS_INPUT)
     output_names: tuple[str] = (EMBEDDING_OUTPUT,)
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    quantization: QuantizationInfo | None = Field(None, description="Set for int8 graphs.")
     opset: int
     default_threshold: float = Field(ge=-1.0, le=1.0, description="Cosine threshold for a match.")
     threshold_source: str = Field(description="Where default_threshold comes from.")

@@ -7,12 +7,15 @@ For each model and utterance duration:
 * baseline B: the same ONNX graph fed pre-formed full batches directly (the batcher's ceiling);
 * the engine: ``EmbeddingEngine.embed`` from N concurrent closed-loop clients.
 
-Usage (quick, < 2 minutes):  python -m bench.bench_engine --quick
+Usage (quick, < 3 minutes):  python -m bench.bench_engine --quick
 Full table:                  python -m bench.bench_engine
 Own graphs:                  python -m bench.bench_engine --model DIR [--torch-checkpoint FILE.nemo]
 
 Models named ``titanet-large`` / ``ecapa_tdnn`` / ... are exported with random init (full size) into
-``--cache`` on first use. Results go to stdout as a Markdown table.
+``--cache`` on first use, once per ``--precisions`` entry: ``int8`` graphs are calibrated on
+``--calibration-audio`` (default: the shared speech set beside the repository, else synthetic speech).
+Baseline A is always the float32 PyTorch model; baseline B is the same graph as the engine's.
+Results go to stdout as a Markdown table.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def utterances(seconds: float, count: int, seed: int = 0) -> list[Float32Array]:
 
 
 # --- models ---------------------------------------------------------------------------------------
-def prepare_model(spec: str, cache: Path) -> Path:
+def prepare_model(spec: str, cache: Path, precision: str = "fp32", calibration: Path | None = None) -> Path:
     """A model directory: ``spec`` itself, or a random-init export of architecture ``spec`` (cached)."""
     path = Path(spec)
     if (path / "model.onnx").is_file():
@@ -98,7 +101,19 @@ def prepare_model(spec: str, cache: Path) -> Path:
 
         print(f"# exporting random-init {spec} to {out} ...", file=sys.stderr, flush=True)
         export_random_init(spec, out, precision="fp32", name=None)
-    return out
+    if precision == "fp32":
+        return out
+    quantized = cache / f"{spec}-{precision}"
+    if not (quantized / "model.onnx").is_file():
+        from app.export.quantize import audio_files, load_calibration_audio, quantize_bundle
+
+        if calibration is not None and calibration.is_dir():
+            waves = load_calibration_audio(audio_files(calibration), max_seconds=600.0)
+        else:
+            waves = utterances(6.0, 24, seed=1)
+        print(f"# quantising {spec} to {quantized} ({len(waves)} recordings) ...", file=sys.stderr)
+        quantize_bundle(out, quantized, waves)
+    return quantized
 
 
 def torch_baseline(model_dir: Path, checkpoint: Path | None, threads: int) -> TorchEmbed | None:
@@ -258,6 +273,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--torch-checkpoint", type=Path, help="baseline A for --model graphs from a .nemo checkpoint"
     )
     p.add_argument("--no-torch", action="store_true", help="skip baseline A")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "int8"),
+        default=["fp32", "int8"],
+        help="graphs of the named architectures to run (default: fp32 int8)",
+    )
+    p.add_argument(
+        "--calibration-audio",
+        type=Path,
+        default=REPO_ROOT.parent / "shared" / "data" / "speech",
+        help="int8 calibration recordings (default: ../shared/data/speech; synthetic speech if missing)",
+    )
     p.add_argument("--durations", nargs="+", type=float, default=[3.0, 10.0])
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])
     p.add_argument(
@@ -295,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or available_cpu_cores()
     max_batch = args.max_batch_size or settings.max_batch_size
     max_wait_s = (args.max_wait_ms if args.max_wait_ms is not None else settings.max_wait_ms) / 1000
-    specs = [*args.models, *map(str, args.model)]
+    specs = [(m, p) for m in args.models for p in args.precisions] + [(str(d), "") for d in args.model]
     results: list[Result] = []
     print(
         f"# {os.uname().machine}, {available_cpu_cores()} cores, threads={threads}, "
@@ -304,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at start {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    for spec in specs:
-        model_dir = prepare_model(spec, args.cache)
-        name = Path(spec).name
+    for spec, precision in specs:
+        model_dir = prepare_model(spec, args.cache, precision or "fp32", args.calibration_audio)
+        name = f"{Path(spec).name} {precision}".strip()
         backend = OnnxBackend.from_settings(settings, model_dir)
         config = BatcherConfig(
             max_batch_size=max_batch,
@@ -344,11 +372,13 @@ def main(argv: list[str] | None = None) -> int:
                         best[key] = r
             cell = list(best.values())
             if fn is not None:
-                diff = max(
-                    float(np.abs(fn(w) - e).max()) for w, e in zip(waves[:4], engine_out[:4], strict=True)
-                )
+                pairs = [(fn(w), e) for w, e in zip(waves[:4], engine_out[:4], strict=True)]
+                diff = max(float(np.abs(a - e).max()) for a, e in pairs)
+                cos = min(float(a @ e / (np.linalg.norm(a) * np.linalg.norm(e))) for a, e in pairs)
                 print(
-                    f"# {name} {seconds:g}s: max |torch - engine| over 4 utterances = {diff:.2e}", flush=True
+                    f"# {name} {seconds:g}s: torch vs engine over 4 utterances: max abs diff {diff:.2e}, "
+                    f"min cosine {cos:.6f}",
+                    flush=True,
                 )
             results.extend(cell)
             print(f"# {name} {seconds:g}s done, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)

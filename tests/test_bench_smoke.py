@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import DEFAULT_MODEL_DIR, REPO_ROOT
 
@@ -30,3 +32,13 @@ def test_bench_search_runs_and_reports_each_method() -> None:
     out = _run("bench/bench_search.py", "--sizes", "1000", "--queries", "20", "--loop-queries", "2")
     for method in ("index", "argsort", "loop"):
         assert any(method in line.split() for line in out.splitlines()), out
+
+
+def test_bench_engine_quantises_and_runs_an_int8_graph(tmp_path: Path) -> None:
+    out = _run(
+        "-m", "bench.bench_engine", "--models", "titanet-small", "--precisions", "int8", "--no-torch",
+        "--durations", "2", "--concurrency", "2", "--requests", "4", "--cache", str(tmp_path),
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| titanet-small int8 |")]
+    assert any("engine" in row for row in rows), out
+    assert json.loads((tmp_path / "titanet-small-int8" / "manifest.json").read_text())["precision"] == "int8"

@@ -161,6 +161,9 @@ class OnnxBackend:
         self._use_io_binding = self._provider in (CUDA, TENSORRT)
         if self._provider != chosen[0]:
             log.warning("execution provider %s requested but session runs on %s", chosen[0], self._provider)
+        if manifest.precision == "int8" and self._provider == CUDA:
+            # The CUDA provider has no int8 convolution: each one would run dequantise -> float Conv.
+            log.warning("int8 graph on the CUDA provider runs slower than fp32; serve an fp16 graph on GPUs")
         log.info(
             "inference backend ready",
             extra={
@@ -195,7 +198,11 @@ class OnnxBackend:
         self, name: str, cache_dir: Path | None, max_batch_size: int, max_samples: int | None
     ) -> dict[str, Any]:
         if name == TENSORRT:
-            opts: dict[str, Any] = {"trt_fp16_enable": self.manifest.precision == "fp16"}
+            opts: dict[str, Any] = {
+                "trt_fp16_enable": self.manifest.precision == "fp16",
+                # QDQ graphs carry their own scales; TensorRT needs int8 allowed to use them.
+                "trt_int8_enable": self.manifest.precision == "int8",
+            }
             if cache_dir is not None:
                 cache_dir.mkdir(parents=True, exist_ok=True)
                 opts.update(
