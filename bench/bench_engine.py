@@ -7,7 +7,7 @@ For each model and utterance duration:
 * baseline B: the same ONNX graph fed pre-formed full batches directly (the batcher's ceiling);
 * the engine: ``EmbeddingEngine.embed`` from N concurrent closed-loop clients.
 
-Usage (quick, < 3 minutes):  python -m bench.bench_engine --quick
+Usage (quick, ~1 minute):    python -m bench.bench_engine --quick
 Full table:                  python -m bench.bench_engine
 Own graphs:                  python -m bench.bench_engine --model DIR [--torch-checkpoint FILE.nemo]
 
