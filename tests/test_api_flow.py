@@ -136,6 +136,7 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
     body = ready.json()
     assert body["ready"] is True
     assert body["provider"] == "CPUExecutionProvider"
+    assert body["precision"] == "fp32"  # models/default
     assert all(body["checks"].values())
 
     client.post("/identify", files=[wav(SPEECH["vctk_p225"][0])])

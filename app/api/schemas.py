@@ -147,5 +147,6 @@ class Readiness(_Out):
     checks: ReadyChecks
     provider: str
     model: str
+    precision: Literal["fp32", "fp16", "int8"] = Field(description="Numeric precision of the served graph.")
     speakers_indexed: int
     detail: str | None = None

@@ -34,6 +34,7 @@ async def readyz(state: State) -> Response:
         checks=checks,
         provider=state.engine.provider,
         model=state.model_key,
+        precision=state.manifest.precision,
         speakers_indexed=len(state.index),
         detail=None if ready else f"not ready: {', '.join(failing)}",
     )
