@@ -20,6 +20,7 @@ Needs ``onnx`` and ``onnxruntime`` (the ``export`` extra); no torch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 import tempfile
@@ -293,18 +294,22 @@ class _Quantizer:
         self.candidates = encoder_convolutions(onnx.load(str(prepared)))
         if not self.candidates:
             raise QuantizationError(f"{prepared}: no encoder convolutions to quantise")
-        self._cache = workdir / "calibration.json"
-        self._reader: _Reader | None = _Reader(waves, sample_rate)
+        self._waves, self._sample_rate = waves, sample_rate
         self._workdir = workdir
         self._written = 0
+        # onnxruntime >= 1.32 can cache the calibrated ranges; older versions calibrate on every write.
+        self._cache: dict[str, str] = {}
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+            self._cache["calibration_cache_path"] = str(workdir / "calibration.json")
 
     def write(self, nodes: Sequence[str]) -> Path:
         self._written += 1
         out = self._workdir / f"candidate-{self._written}.onnx"
+        reuse = self._written > 1 and bool(self._cache)
         quantize_static(
             str(self.prepared),
             str(out),
-            self._reader,  # used once: later calls read the ranges from the cache
+            None if reuse else _Reader(self._waves, self._sample_rate),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
             nodes_to_quantize=list(nodes),
@@ -312,9 +317,8 @@ class _Quantizer:
             activation_type=QuantType.QUInt8,  # u8 x s8 is the VNNI fast path on x86
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            calibration_cache_path=str(self._cache),
+            **self._cache,
         )
-        self._reader = None
         return out
 
 
