@@ -108,7 +108,7 @@ def prepare_model(spec: str, cache: Path, precision: str = "fp32", calibration: 
         from app.export.quantize import audio_files, load_calibration_audio, quantize_bundle
 
         if calibration is not None and calibration.is_dir():
-            waves = load_calibration_audio(audio_files(calibration), max_seconds=600.0)
+            waves = load_calibration_audio(audio_files(calibration))
         else:
             waves = utterances(6.0, 24, seed=1)
         print(f"# quantising {spec} to {quantized} ({len(waves)} recordings) ...", file=sys.stderr)

@@ -47,7 +47,7 @@ def _optimized_op_counts(graph: Path, tmp_path: Path) -> collections.Counter[str
 
 @pytest.fixture(scope="module")
 def shared_waves(speech_dir: Path) -> list[np.ndarray]:
-    return load_calibration_audio(audio_files(speech_dir), max_seconds=600.0)
+    return load_calibration_audio(audio_files(speech_dir))
 
 
 @pytest.fixture(scope="module")

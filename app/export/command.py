@@ -39,7 +39,7 @@ def _export_int8(args: argparse.Namespace) -> int:
     try:
         files = audio_files(args.calibration_audio)
         print(f"calibration audio: {len(files)} files under {args.calibration_audio}", file=sys.stderr)
-        waves = load_calibration_audio(files, max_seconds=600.0)
+        waves = load_calibration_audio(files)
         split_calibration(waves)  # enough usable recordings? (before the float32 export, which takes a while)
         with tempfile.TemporaryDirectory(prefix="voxgate-fp32-") as tmp:
             _export_float(args, Path(tmp), "fp32")

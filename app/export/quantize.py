@@ -43,7 +43,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from app.audio import decode_audio
+from app.audio import TARGET_SAMPLE_RATE, decode_audio
 from app.errors import VoxGateError
 from app.manifest import (
     AUDIO_INPUT,
@@ -69,6 +69,10 @@ DEFAULT_MIN_COSINE = 0.995
 MIN_CALIBRATION_FILES = 4
 # Calibration only needs activation ranges: 10 s per recording is plenty and bounds memory.
 CALIBRATION_SECONDS = 10.0
+# Accuracy is measured on up to 30 s per recording (the segment length of the NeMo bundles: one pass).
+RECORDING_SECONDS = 30.0
+# Longer files are skipped rather than decoded whole.
+MAX_FILE_SECONDS = 600.0
 METHOD = (
     "static post-training int8 (QDQ): encoder convolutions with per-channel int8 weights and uint8 "
     "activations, MinMax calibration; front end and decoder float32"
@@ -92,16 +96,19 @@ def audio_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
-def load_calibration_audio(files: Sequence[Path], max_seconds: float) -> list[Float32Array]:
-    """Decode files as the service decodes uploads (16 kHz mono); unreadable files are skipped (logged)."""
+def load_calibration_audio(files: Sequence[Path]) -> list[Float32Array]:
+    """Decode files as the service decodes uploads (16 kHz mono), at most ``RECORDING_SECONDS`` of each.
+
+    Unreadable files and files longer than ``MAX_FILE_SECONDS`` are skipped (logged).
+    """
     waves: list[Float32Array] = []
     for path in files:
         try:
-            audio = decode_audio(path.read_bytes(), max_seconds=max_seconds)
+            audio = decode_audio(path.read_bytes(), max_seconds=MAX_FILE_SECONDS)
         except (OSError, VoxGateError) as exc:
             log.warning("calibration file %s skipped: %s", path, exc)
             continue
-        waves.append(audio.waveform)
+        waves.append(audio.waveform[: int(RECORDING_SECONDS * TARGET_SAMPLE_RATE)])
     return waves
 
 
@@ -238,6 +245,11 @@ def encoder_convolutions(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def _feed(wave: Float32Array) -> dict[str, np.ndarray]:
+    """One recording as a batch of one."""
+    return {AUDIO_INPUT: wave[None, :], LENGTHS_INPUT: np.array([wave.size], dtype=np.int64)}
+
+
 class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
     """Feeds calibration recordings one at a time (batch 1: no padding enters the activation ranges)."""
 
@@ -247,18 +259,14 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         wave = next(self._items, None)
-        if wave is None:
-            return None
-        return {AUDIO_INPUT: wave[None, :], LENGTHS_INPUT: np.array([wave.size], dtype=np.int64)}
+        return None if wave is None else _feed(wave)
 
 
 class _HeldOut:
     """Held-out recordings and their float32 embeddings, to score candidate graphs against."""
 
     def __init__(self, fp32_graph: Path, waves: Sequence[Float32Array]) -> None:
-        self._feeds = [
-            {AUDIO_INPUT: w[None, :], LENGTHS_INPUT: np.array([w.size], dtype=np.int64)} for w in waves
-        ]
+        self._feeds = [_feed(w) for w in waves]
         self._reference = self._embed(fp32_graph)
 
     def _embed(self, graph: Path) -> npt.NDArray[np.float64]:
