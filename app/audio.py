@@ -28,8 +28,7 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
-from app.errors import AudioTooLong, InvalidAudio, NoSpeech, NotEnoughSpeech, UnsupportedMediaType
-from app.vad import speech_seconds
+from app.errors import AudioTooLong, InvalidAudio, UnsupportedMediaType
 
 TARGET_SAMPLE_RATE = 16000
 # soxr "HQ": 20-bit precision, linear phase; more than enough for 16 kHz speech features.
@@ -170,17 +169,3 @@ def decode_audio(
         mono = soxr.resample(mono, sample_rate, TARGET_SAMPLE_RATE, quality=RESAMPLE_QUALITY)
     waveform = np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32)
     return DecodedAudio(waveform, fmt, sample_rate, channels)
-
-
-def require_speech(audio: DecodedAudio, min_seconds: float) -> float:
-    """Net speech of the recording (seconds); refuses silence and too little speech."""
-    seconds = speech_seconds(audio.waveform, TARGET_SAMPLE_RATE)
-    if seconds <= 0.0:
-        raise NoSpeech("no speech found in the recording")
-    if seconds < min_seconds:
-        raise NotEnoughSpeech(
-            f"{seconds:.2f} s of speech found; at least {min_seconds:g} s needed",
-            speech_seconds=round(seconds, 3),
-            min_speech_seconds=min_seconds,
-        )
-    return seconds

@@ -10,20 +10,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.settings import Settings
+from app.settings import ENV_PREFIX, Settings, env_var
 
-ENV_PREFIX = "VOXGATE_"
 # Values never echoed back in an error message (a Redis URL carries its password).
 _SECRET_FIELDS = frozenset({"redis_url"})
 
 
 class InvalidSettings(Exception):
     """Settings from the environment failed validation; ``str()`` is the message to print."""
-
-
-def env_var_name(field: str) -> str:
-    """The environment variable of a Settings field (``port`` -> ``VOXGATE_PORT``)."""
-    return f"{ENV_PREFIX}{field.upper()}"
 
 
 def _field_of(loc: tuple[int | str, ...]) -> str | None:
@@ -46,7 +40,7 @@ def format_validation_error(exc: ValidationError) -> str:
         if field is None:
             lines.append(f"settings: {message.removeprefix('Value error, ')}")
             continue
-        name = env_var_name(field) if field in Settings.model_fields else field
+        name = env_var(field) if field in Settings.model_fields else field
         value: Any = error.get("input")
         shown = "" if field in _SECRET_FIELDS or isinstance(value, dict) else f"={value!s}"
         lines.append(f"{name}{shown}: {message}")

@@ -5,9 +5,7 @@ them to routes as one typed ``AppState`` (see ``app.api.deps``). Nothing heavy h
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,17 +14,17 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from app.api.forms import build_forms
 from app.api.problems import install_problem_handlers
-from app.api.routes import enroll, health, identify, speakers, verify
+from app.api.routes import docs, enroll, health, identify, speakers, verify
 from app.api.state import STATE_KEY, AppState
 from app.engine.engine import EmbeddingEngine
-from app.errors import StoreUnavailable
 from app.observability import RequestContextMiddleware
 from app.settings import Settings
-from app.store.index import VoiceprintIndex
+from app.speakers import Policy, SpeakerOperations
 from app.store.keys import KeySchema
 from app.store.redis_store import RedisVoiceprintStore
-from app.store.sync import IndexSyncer
+from app.store.tenants import TenantIndexes
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +47,6 @@ Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `st
 `deadline_exceeded` 504. A refused request never changes stored data.
 """
 
-# How long start-up waits for Redis before giving up (an embedded redis-server is already up by then).
-REDIS_STARTUP_TIMEOUT_S = 15.0
-
-
-async def _start_syncer(syncer: IndexSyncer) -> None:
-    deadline = time.monotonic() + REDIS_STARTUP_TIMEOUT_S
-    while True:
-        try:
-            await syncer.start()
-            return
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
-
 
 def create_app(
     settings: Settings | None = None,
@@ -80,6 +63,7 @@ def create_app(
         )
     redis_url = settings.redis_url
     registry = CollectorRegistry()
+    forms = build_forms(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -87,27 +71,29 @@ def create_app(
         eng = engine or EmbeddingEngine.from_settings(settings, model_dir, registry=registry)
         if owns_engine:
             await eng.start()
-        store: RedisVoiceprintStore | None = None
-        syncer: IndexSyncer | None = None
+        tenants: TenantIndexes | None = None
         try:
             manifest = eng.manifest
             keys = KeySchema(settings.redis_namespace, settings.tenant, manifest.model_key())
             store = RedisVoiceprintStore.from_url(redis_url, keys, manifest.embedding_dim)
-            index = VoiceprintIndex(manifest.embedding_dim)
-            syncer = IndexSyncer(store, index, settings.index_sync_interval_s)
-            await _start_syncer(syncer)
-            state = AppState(settings, eng, store, index, syncer, registry)
+            tenants = TenantIndexes(store, settings.index_sync_interval_s)
+            await tenants.start(settings.tenant)
+            speakers = SpeakerOperations(eng, tenants, Policy.from_settings(settings, manifest))
+            state = AppState(settings, eng, tenants, speakers, forms, registry)
             log.info(
                 "voxgate ready",
-                extra={"model": manifest.model_key(), "provider": eng.provider, "speakers": len(index)},
+                extra={
+                    "model": manifest.model_key(),
+                    "provider": eng.provider,
+                    "speakers": tenants.indexed_speakers(),
+                },
             )
             yield {STATE_KEY: state}
         finally:
             # Uvicorn has stopped accepting and drained requests by now; tear down in reverse order.
-            if syncer is not None:
-                await syncer.stop()
-            if store is not None:
-                await store.close()
+            if tenants is not None:
+                await tenants.stop()
+                await tenants.root.close()
             if owns_engine:
                 await eng.stop()
 
@@ -117,9 +103,13 @@ def create_app(
         summary="Speaker verification and identification",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        **docs.FASTAPI_DOCS_OPTIONS,  # /docs from packaged assets (works offline), no /redoc
     )
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, registry=registry)
-    for module in (enroll, verify, identify, speakers, health):
+    # The form-taking routes are built per app: their OpenAPI bodies carry this app's limits.
+    for build in (enroll.build_router, verify.build_router, identify.build_router):
+        app.include_router(build(forms))
+    for module in (speakers, health, docs):
         app.include_router(module.router)
     return app

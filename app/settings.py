@@ -16,9 +16,21 @@ from app.paths import DEFAULT_MODEL_DIR
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
+# The one place the environment variables' prefix is written.
+ENV_PREFIX = "VOXGATE_"
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a setting (``port`` -> ``VOXGATE_PORT``)."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+# How ONNX Runtime's CUDA provider picks each convolution's cuDNN algorithm for a new input shape.
+CudnnConvAlgoSearch = Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"]
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOXGATE_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
 
     # --- HTTP ---
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
@@ -36,6 +48,12 @@ class Settings(BaseSettings):
     )
     tensorrt_cache_dir: Path = Field(
         Path("./data/trt-cache"), description="Engine cache of the TensorRT provider (when used)."
+    )
+    cudnn_conv_algo_search: CudnnConvAlgoSearch = Field(
+        "HEURISTIC",
+        description="CUDA provider: how cuDNN picks each convolution's algorithm per new input shape. "
+        "HEURISTIC = cuDNN's own choice, no trial runs (fast start-up); EXHAUSTIVE = time every algorithm "
+        "(slow start-up, maybe faster inference); DEFAULT = one fixed algorithm. See docs/performance.md.",
     )
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="Batch closes at this many segments. Larger = more throughput."
@@ -86,7 +104,7 @@ class Settings(BaseSettings):
     # --- Redis ---
     redis_url: str | None = Field(
         None,
-        validation_alias=AliasChoices("VOXGATE_REDIS_URL", "REDIS_URL", "redis_url"),
+        validation_alias=AliasChoices(env_var("redis_url"), "REDIS_URL", "redis_url"),
         description="Redis server to use (REDIS_URL also accepted). Unset = start an embedded "
         "redis-server child with its data under data_dir.",
     )
@@ -104,6 +122,11 @@ class Settings(BaseSettings):
     # --- logging ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="Structured JSON logs (false = plain text).")
+
+    @field_validator("cudnn_conv_algo_search", mode="before")
+    @classmethod
+    def _upper_search(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("providers", mode="before")
     @classmethod

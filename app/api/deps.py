@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from app.api.multipart import FormContents, read_multipart
+from app.api.forms import EnrollForm, IdentifyForm, VerifyForm, read_form
 from app.api.state import STATE_KEY, AppState
+from app.speakers import Waiting
 from app.store.keys import validate_speaker_id
+
+# Set by the request middleware when the request arrived: the deadline covers the whole request.
+ARRIVED_KEY = "arrived_monotonic"
 
 
 def get_state(request: Request) -> AppState:
@@ -16,6 +21,25 @@ def get_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
+
+
+def current_tenant(state: State) -> str:
+    """The tenant every operation of this request acts for."""
+    return state.settings.tenant
+
+
+Tenant = Annotated[str, Depends(current_tenant)]
+
+
+def request_waiting(request: Request, state: State) -> Waiting:
+    """The request's deadline (from its arrival) and how to notice its client went away."""
+    arrived = getattr(request.state, ARRIVED_KEY, None) or time.monotonic()
+    return Waiting(
+        deadline=arrived + state.settings.request_timeout_s, is_disconnected=request.is_disconnected
+    )
+
+
+RequestWaiting = Annotated[Waiting, Depends(request_waiting)]
 
 
 def speaker_id_path(speaker_id: str) -> str:
@@ -26,20 +50,18 @@ def speaker_id_path(speaker_id: str) -> str:
 SpeakerIdPath = Annotated[str, Depends(speaker_id_path)]
 
 
-async def enroll_form(request: Request, state: State) -> FormContents:
-    return await read_multipart(
-        request, max_file_bytes=state.settings.max_upload_bytes, max_files=state.settings.max_enroll_files
-    )
+async def enroll_form(request: Request, state: State) -> EnrollForm:
+    return await read_form(request, state.forms.enroll, max_file_bytes=state.settings.max_upload_bytes)
 
 
-async def verify_form(request: Request, state: State) -> FormContents:
-    return await read_multipart(request, max_file_bytes=state.settings.max_upload_bytes, max_files=2)
+async def verify_form(request: Request, state: State) -> VerifyForm:
+    return await read_form(request, state.forms.verify, max_file_bytes=state.settings.max_upload_bytes)
 
 
-async def identify_form(request: Request, state: State) -> FormContents:
-    return await read_multipart(request, max_file_bytes=state.settings.max_upload_bytes, max_files=1)
+async def identify_form(request: Request, state: State) -> IdentifyForm:
+    return await read_form(request, state.forms.identify, max_file_bytes=state.settings.max_upload_bytes)
 
 
-EnrollFormData = Annotated[FormContents, Depends(enroll_form)]
-VerifyFormData = Annotated[FormContents, Depends(verify_form)]
-IdentifyFormData = Annotated[FormContents, Depends(identify_form)]
+EnrollFormData = Annotated[EnrollForm, Depends(enroll_form)]
+VerifyFormData = Annotated[VerifyForm, Depends(verify_form)]
+IdentifyFormData = Annotated[IdentifyForm, Depends(identify_form)]

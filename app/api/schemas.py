@@ -6,8 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.store.keys import SPEAKER_ID_PATTERN
-
 ScoreType = Literal["cosine"]
 
 
@@ -33,40 +31,6 @@ class Notice(_Out):
     code: str
     detail: str
     file: str | None = None
-
-
-# --- multipart request forms (documented for /docs; parsed by app.api.multipart) ---
-class EnrollForm(BaseModel):
-    speaker_id: str = Field(pattern=SPEAKER_ID_PATTERN)
-    audio: list[bytes] = Field(
-        json_schema_extra={"items": {"type": "string", "format": "binary"}},
-        description="One or more recordings (WAV, FLAC, OGG Vorbis/Opus, MP3).",
-    )
-    metadata: str | None = Field(
-        None,
-        description="JSON object stored with the speaker (replaces earlier metadata); finite numbers, "
-        "valid Unicode, at most 32 levels deep.",
-    )
-
-
-class VerifyForm(BaseModel):
-    speaker_id: str | None = Field(None, description="Compare against this enrolled speaker ...")
-    reference: bytes | None = Field(
-        None,
-        json_schema_extra={"type": "string", "format": "binary"},
-        description="... or against this second recording.",
-    )
-    audio: bytes = Field(json_schema_extra={"type": "string", "format": "binary"})
-    threshold: float | None = Field(None, ge=-1.0, le=1.0)
-
-
-class IdentifyForm(BaseModel):
-    audio: bytes = Field(json_schema_extra={"type": "string", "format": "binary"})
-    top_k: int = Field(5, ge=1, le=100)
-    threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    candidates: list[str] | None = Field(
-        None, description="Restrict the search to these speaker ids (repeat the field or comma-separate)."
-    )
 
 
 # --- responses ---
@@ -136,7 +100,6 @@ class Health(_Out):
 
 
 class ReadyChecks(_Out):
-    model_loaded: bool = Field(description="Graph loaded and checked against its manifest.")
     engine_running: bool = Field(description="Warm-up done and the batcher's worker thread alive.")
     redis: bool = Field(description="Redis answers PING.")
     index_synced: bool = Field(description="The identification index reached Redis on its last poll.")

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from app.api.forms import Forms
 from app.engine.engine import EmbeddingEngine
 from app.manifest import ModelManifest
 from app.settings import Settings
-from app.store.index import VoiceprintIndex
-from app.store.redis_store import RedisVoiceprintStore
-from app.store.sync import IndexSyncer
+from app.speakers import SpeakerOperations
+from app.store.tenants import TenantIndexes
 
 STATE_KEY = "voxgate"
 
@@ -20,9 +20,9 @@ STATE_KEY = "voxgate"
 class AppState:
     settings: Settings
     engine: EmbeddingEngine
-    store: RedisVoiceprintStore
-    index: VoiceprintIndex
-    syncer: IndexSyncer
+    tenants: TenantIndexes
+    speakers: SpeakerOperations
+    forms: Forms
     registry: CollectorRegistry
 
     @property
@@ -32,14 +32,3 @@ class AppState:
     @property
     def model_key(self) -> str:
         return self.manifest.model_key()
-
-    @property
-    def default_threshold(self) -> float:
-        if self.settings.threshold is not None:
-            return self.settings.threshold
-        return self.manifest.default_threshold
-
-    @property
-    def min_speech_seconds(self) -> float:
-        # The model may need more speech than the service default for a stable embedding.
-        return max(self.settings.min_speech_seconds, self.manifest.min_speech_seconds)

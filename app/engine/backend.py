@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from app.engine.config import EngineConfig
 from app.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
-from app.settings import ProviderName, Settings
+from app.settings import ProviderName
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,27 @@ class EmbeddingBackend(Protocol):
     def warmup(self, *, max_batch_size: int, max_samples: int, max_batch_samples: int) -> int:
         """Run the shapes serving will use; returns how many warm-up batches ran."""
         ...
+
+
+def pad_batch(waveforms: Sequence[Float32Array], padded_samples: int) -> tuple[Float32Array, Int64Array]:
+    """Stack waveforms into a zero-padded [B, padded_samples] batch plus their true lengths."""
+    audio = np.zeros((len(waveforms), padded_samples), dtype=np.float32)
+    lengths = np.empty(len(waveforms), dtype=np.int64)
+    for i, wave in enumerate(waveforms):
+        audio[i, : wave.shape[0]] = wave
+        lengths[i] = wave.shape[0]
+    return audio, lengths
+
+
+def run_padded(backend: EmbeddingBackend, waveforms: Sequence[Float32Array]) -> tuple[Float32Array, int]:
+    """Embed waveforms as one batch padded to the backend's length bucket: [B, dim] and the padded length.
+
+    The one place a batch is padded: the batcher and the synchronous path (``embed_waveforms``) both
+    come through here, so a waveform gets the same padding, hence the same embedding, on either path.
+    """
+    padded = backend.bucket(max(int(w.shape[0]) for w in waveforms))
+    audio, lengths = pad_batch(waveforms, padded)
+    return backend.embed(audio, lengths), padded
 
 
 def cuda_device_present() -> bool:
@@ -176,22 +198,21 @@ class OnnxBackend:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, model_dir: Path | None = None) -> OnnxBackend:
-        """Load ``model_dir`` (default: settings.model_dir); fails clearly on any contract mismatch."""
-        directory = model_dir or settings.model_dir
-        manifest = load_manifest(directory)
-        if manifest.segment_seconds is not None:
-            max_samples = math.ceil(manifest.segment_seconds * manifest.sample_rate)
-        else:
-            max_samples = math.ceil(settings.max_audio_seconds * manifest.sample_rate)
+    def from_config(cls, config: EngineConfig) -> OnnxBackend:
+        """Load ``config.model_dir``; fails clearly on any contract mismatch."""
+        manifest = load_manifest(config.model_dir)
+        longest = (
+            manifest.segment_seconds if manifest.segment_seconds is not None else config.max_audio_seconds
+        )
+        options = config.backend
         return cls(
-            directory,
+            config.model_dir,
             manifest,
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
-            tensorrt_cache_dir=settings.tensorrt_cache_dir,
-            max_batch_size=settings.max_batch_size,
-            max_samples=max_samples,
+            providers=options.providers,
+            intra_op_threads=options.intra_op_threads,
+            tensorrt_cache_dir=options.tensorrt_cache_dir,
+            max_batch_size=options.max_batch_size,
+            max_samples=math.ceil(longest * manifest.sample_rate),
         )
 
     def _provider_options(
@@ -258,9 +279,7 @@ class OnnxBackend:
     def embed(self, audio: Float32Array, lengths: Int64Array) -> Float32Array:
         if audio.ndim != 2 or lengths.shape != (audio.shape[0],):
             raise ValueError(f"bad batch shapes audio {audio.shape}, lengths {lengths.shape}")
-        padded = self.bucket(audio.shape[1])
-        if padded != audio.shape[1]:
-            audio = np.pad(audio, ((0, 0), (0, padded - audio.shape[1])))
+        # Callers pad to ``bucket`` (``run_padded``); any width runs, the graph masks by ``lengths``.
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         if self._use_io_binding:

@@ -1,14 +1,17 @@
-"""Supervised dynamic batcher: a bounded queue of audio segments in front of ONE backend worker thread.
+"""Supervised dynamic batcher: a bounded queue of waveforms in front of ONE backend worker thread.
 
-Requests (one or more segments each) are admitted whole or refused at once (``Overloaded``). The worker
-cuts batches from segments of similar length, anchored on the oldest waiting segment so nothing
-starves. A batch closes at ``max_batch_size`` segments, ``max_batch_samples`` of padded audio, or
-``max_wait_s`` after its oldest segment arrived, whichever comes first. Results go back to the asyncio
-loop of the caller through ``loop.call_soon_threadsafe``.
+The batcher knows items, not requests: ``submit`` queues a list of waveforms (admitted whole or refused
+at once with ``Overloaded``) and returns a ``Ticket`` with one future per waveform. Cutting a recording
+into segments and combining their embeddings happens above it (``app.engine.engine``). The worker cuts
+batches from items of similar length, anchored on the oldest waiting item so nothing starves. A batch
+closes at ``max_batch_size`` items, ``max_batch_samples`` of padded audio, or ``max_wait_s`` after its
+oldest item arrived, whichever comes first. Padding to the backend's length bucket is the backend
+module's business (``run_padded``). Results go back to the caller's asyncio loop through
+``loop.call_soon_threadsafe``.
 
-Failure isolation: an exception from one batch fails that batch's requests only. An exception escaping
+Failure isolation: an exception from one batch fails that batch's items only. An exception escaping
 the worker loop (a bug, or ``MAX_CONSECUTIVE_FAILURES`` failed batches in a row: a wedged device) kills
-the worker; from then on every waiting and new request fails at once with ``EngineUnavailable``.
+the worker; from then on every waiting and new item fails at once with ``EngineUnavailable``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.backend import EmbeddingBackend
+from app.engine.backend import EmbeddingBackend, run_padded
+from app.engine.config import BatcherConfig
 from app.engine.metrics import EngineMetrics
-from app.engine.segments import combine_segments, pad_batch
 from app.errors import DeadlineExceeded, EngineUnavailable, Overloaded, VoxGateError
 
 log = logging.getLogger(__name__)
@@ -51,55 +54,16 @@ class WorkerDied(Exception):
     """Raised inside the worker to end it (too many failed batches)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BatcherConfig:
-    max_batch_size: int = 32
-    max_batch_samples: int = 240 * 16000
-    max_wait_s: float = 0.005
-    queue_size: int = 512
+class Ticket:
+    """One ``submit`` call: its items were admitted together and are cancelled together."""
 
+    __slots__ = ("cancelled", "deadline", "futures", "loop")
 
-class Request:
-    """One embed() call: its segments' results, the asyncio future waiting for their average."""
-
-    __slots__ = (
-        "cancelled",
-        "deadline",
-        "done",
-        "future",
-        "loop",
-        "n_segments",
-        "remaining",
-        "results",
-        "weights",
-    )
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Float32Array],
-        n_segments: int,
-        weights: tuple[float, ...],
-        deadline: float,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, n_items: int) -> None:
         self.loop = loop
-        self.future = future
-        self.n_segments = n_segments
-        self.remaining = n_segments
-        self.weights = weights
         self.deadline = deadline
-        self.results: Float32Array | None = None
-        self.done = False  # written by the worker thread only
+        self.futures: list[asyncio.Future[Float32Array]] = [loop.create_future() for _ in range(n_items)]
         self.cancelled = False  # written by the loop thread only (bool store is atomic)
-
-    def resolve(self, value: Float32Array | BaseException) -> None:
-        """Settle the future from any thread (first call wins)."""
-        if self.done:
-            return
-        self.done = True
-        # RuntimeError: the caller's loop is closed, nobody is waiting.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(_settle, self.future, value)
 
 
 def _settle(future: asyncio.Future[Float32Array], value: Float32Array | BaseException) -> None:
@@ -111,18 +75,28 @@ def _settle(future: asyncio.Future[Float32Array], value: Float32Array | BaseExce
         future.set_result(value)
 
 
-@dataclass(slots=True, eq=False)  # identity equality: two segments are never "the same"
+@dataclass(slots=True, eq=False)  # identity equality: two items are never "the same"
 class Item:
-    """One segment waiting for inference."""
+    """One waveform waiting for inference; its embedding settles ``future`` on the caller's loop."""
 
-    request: Request
-    index: int
+    ticket: Ticket
+    future: asyncio.Future[Float32Array]
     samples: Float32Array
     enqueued: float
     n: int = field(init=False)
+    done: bool = field(init=False, default=False)  # written by the worker thread only
 
     def __post_init__(self) -> None:
         self.n = int(self.samples.shape[0])
+
+    def resolve(self, value: Float32Array | BaseException) -> None:
+        """Settle the future from any thread (first call wins)."""
+        if self.done:
+            return
+        self.done = True
+        # RuntimeError: the caller's loop is closed, nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            self.ticket.loop.call_soon_threadsafe(_settle, self.future, value)
 
 
 def cut_batch(
@@ -197,7 +171,7 @@ class DynamicBatcher:
         self._ready = False
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
-        self._seconds_per_segment = 0.05  # running estimate, for Retry-After
+        self._seconds_per_item = 0.05  # running estimate, for Retry-After
         self.batches_run = 0
 
     # --- state -----------------------------------------------------------------------------------
@@ -243,42 +217,40 @@ class DynamicBatcher:
 
     # --- intake (event loop thread) --------------------------------------------------------------
     def submit(
-        self,
-        segments: list[Float32Array],
-        weights: tuple[float, ...],
-        deadline: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> Request:
-        """Queue all segments of one request, or refuse it whole."""
-        future: asyncio.Future[Float32Array] = loop.create_future()
-        request = Request(loop, future, len(segments), weights, deadline)
+        self, waveforms: list[Float32Array], deadline: float, loop: asyncio.AbstractEventLoop
+    ) -> Ticket:
+        """Queue all ``waveforms`` of one caller, or refuse them all."""
+        ticket = Ticket(loop, deadline, len(waveforms))
         now = time.monotonic()
         with self._cond:
             if self._dead is not None:
                 raise EngineUnavailable(f"inference worker died: {self._dead!r}")
             if self._stopping or self._thread is None:
                 raise EngineUnavailable("inference engine is not running")
-            if len(self._pending) + len(segments) > self._config.queue_size:
+            if len(self._pending) + len(waveforms) > self._config.queue_size:
                 self._metrics.rejected_overloaded.inc()
                 raise Overloaded(
-                    f"inference queue full ({len(self._pending)} segments waiting)",
+                    f"inference queue full ({len(self._pending)} items waiting)",
                     retry_after_s=self._retry_after(),
                 )
-            self._pending.extend(Item(request, i, seg, now) for i, seg in enumerate(segments))
+            self._pending.extend(
+                Item(ticket, future, samples, now)
+                for future, samples in zip(ticket.futures, waveforms, strict=True)
+            )
             self._metrics.queue_depth.set(len(self._pending))
             self._cond.notify()
-        return request
+        return ticket
 
-    def cancel(self, request: Request) -> None:
-        """The caller gave up (deadline, disconnect, task cancelled): drop its queued segments."""
-        request.cancelled = True
+    def cancel(self, ticket: Ticket) -> None:
+        """The caller gave up (deadline, disconnect, task cancelled): drop its queued items."""
+        ticket.cancelled = True
         with self._cond:
-            self._pending = [it for it in self._pending if it.request is not request]
+            self._pending = [it for it in self._pending if it.ticket is not ticket]
             self._metrics.queue_depth.set(len(self._pending))
 
     def _retry_after(self) -> float:
         # Time for the worker to get through what is queued now, within sane bounds.
-        estimate = len(self._pending) * self._seconds_per_segment
+        estimate = len(self._pending) * self._seconds_per_item
         return float(min(30.0, max(0.1, math.ceil(estimate * 10) / 10)))
 
     # --- worker thread ---------------------------------------------------------------------------
@@ -317,7 +289,7 @@ class DynamicBatcher:
         self._metrics.ready.set(0)
         error = EngineUnavailable(f"inference worker died: {exc!r}")
         for item in doomed:
-            item.request.resolve(error)
+            item.resolve(error)
 
     def _next_batch(self) -> list[Item] | None:
         """Block until a batch should close; None when stopping and everything is done."""
@@ -355,17 +327,16 @@ class DynamicBatcher:
         return sum(bucket(it.n) for it in self._pending) >= cfg.max_batch_samples
 
     def _drop_dead_items(self) -> None:
-        """Remove segments nobody waits for: cancelled, failed, or past their deadline (lock held)."""
+        """Remove items nobody waits for: cancelled, failed, or past their deadline (lock held)."""
         if not self._pending:
             return
         now = time.monotonic()
         keep: list[Item] = []
         for it in self._pending:
-            req = it.request
-            if req.cancelled or req.done:
+            if it.ticket.cancelled or it.done:
                 continue
-            if now >= req.deadline:
-                req.resolve(DeadlineExceeded("deadline passed while queued for inference"))
+            if now >= it.ticket.deadline:
+                it.resolve(DeadlineExceeded("deadline passed while queued for inference"))
                 continue
             keep.append(it)
         if len(keep) != len(self._pending):
@@ -376,29 +347,26 @@ class DynamicBatcher:
         now = time.monotonic()
         live: list[Item] = []
         for it in batch:
-            if it.request.cancelled or it.request.done:
+            if it.ticket.cancelled or it.done:
                 continue
-            if now >= it.request.deadline:
-                it.request.resolve(DeadlineExceeded("deadline passed while queued for inference"))
+            if now >= it.ticket.deadline:
+                it.resolve(DeadlineExceeded("deadline passed while queued for inference"))
                 continue
             self._metrics.queue_wait.observe(now - it.enqueued)
             live.append(it)
         if not live:
             self._inflight = []
             return
-        padded_len = self._backend.bucket(max(it.n for it in live))
-        audio, lengths = pad_batch([it.samples for it in live], padded_len)
-        real = int(lengths.sum())
         t0 = time.perf_counter()
         try:
-            out = self._backend.embed(audio, lengths)
+            out, padded = run_padded(self._backend, [it.samples for it in live])
         except Exception as exc:
             self._consecutive_failures += 1
             self._metrics.batch_failures.inc()
             log.warning("inference batch of %d failed: %r", len(live), exc)
             error = InferenceFailed(f"inference failed: {exc}")
             for it in live:
-                it.request.resolve(error)
+                it.resolve(error)
             self._inflight = []
             if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 raise WorkerDied(f"{self._consecutive_failures} inference batches failed in a row") from exc
@@ -406,21 +374,14 @@ class DynamicBatcher:
         elapsed = time.perf_counter() - t0
         self._consecutive_failures = 0
         self.batches_run += 1
-        self._seconds_per_segment = 0.8 * self._seconds_per_segment + 0.2 * elapsed / len(live)
+        self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * elapsed / len(live)
+        real = sum(it.n for it in live)
         m = self._metrics
         m.inference_time.observe(elapsed)
         m.batch_size.observe(len(live))
-        m.padding_fraction.observe(1.0 - real / audio.size)
-        m.padded_samples.inc(audio.size)
+        m.padding_fraction.observe(1.0 - real / (padded * len(live)))
+        m.padded_samples.inc(padded * len(live))
         m.real_samples.inc(real)
         for row, it in enumerate(live):
-            req = it.request
-            if req.done:
-                continue
-            if req.results is None:
-                req.results = np.empty((req.n_segments, out.shape[1]), dtype=np.float32)
-            req.results[it.index] = out[row]
-            req.remaining -= 1
-            if req.remaining == 0:
-                req.resolve(combine_segments(req.results, req.weights))
+            it.resolve(out[row])
         self._inflight = []

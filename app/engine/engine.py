@@ -14,9 +14,10 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from app.engine.backend import EmbeddingBackend, OnnxBackend
-from app.engine.batcher import BatcherConfig, DynamicBatcher, Request
+from app.engine.batcher import DynamicBatcher, Ticket
+from app.engine.config import BatcherConfig, EngineConfig
 from app.engine.metrics import EngineMetrics
-from app.engine.segments import SegmentPlan, SegmentPolicy, plan_segments
+from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
 from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
 from app.manifest import ModelManifest
 from app.settings import Settings
@@ -77,20 +78,20 @@ class EmbeddingEngine:
         registry: CollectorRegistry | None = None,
     ) -> EmbeddingEngine:
         """Load graph + manifest (ManifestError / ProviderUnavailable on any mismatch); not started."""
-        backend = OnnxBackend.from_settings(settings, model_dir)
-        config = BatcherConfig(
-            max_batch_size=settings.max_batch_size,
-            max_batch_samples=math.ceil(settings.max_batch_audio_seconds * backend.manifest.sample_rate),
-            max_wait_s=settings.max_wait_ms / 1000.0,
-            queue_size=settings.queue_size,
-        )
+        return cls.from_config(EngineConfig.from_settings(settings, model_dir), registry=registry)
+
+    @classmethod
+    def from_config(
+        cls, config: EngineConfig, *, registry: CollectorRegistry | None = None
+    ) -> EmbeddingEngine:
+        backend = OnnxBackend.from_config(config)
         return cls(
             backend,
             backend.manifest,
-            config=config,
-            request_timeout_s=settings.request_timeout_s,
-            warmup=settings.warmup,
-            max_audio_seconds=settings.max_audio_seconds,
+            config=config.batcher(backend.manifest.sample_rate),
+            request_timeout_s=config.request_timeout_s,
+            warmup=config.warmup,
+            max_audio_seconds=config.max_audio_seconds,
             metrics=EngineMetrics(registry),
         )
 
@@ -172,8 +173,9 @@ class EmbeddingEngine:
         if is_disconnected is not None and await is_disconnected():
             raise RequestCancelled("client disconnected before inference")
         plan = await self._plan(audio)
-        request = self._batcher.submit(plan.cut(audio), plan.weights, deadline, asyncio.get_running_loop())
-        return await self._wait(request, deadline, is_disconnected)
+        ticket = self._batcher.submit(plan.cut(audio), deadline, asyncio.get_running_loop())
+        embeddings = await self._wait(ticket, deadline, is_disconnected)
+        return combine_segments(np.stack(embeddings), plan.weights)
 
     def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)
@@ -195,28 +197,37 @@ class EmbeddingEngine:
 
     async def _wait(
         self,
-        request: Request,
+        ticket: Ticket,
         deadline: float,
         is_disconnected: Callable[[], Awaitable[bool]] | None,
-    ) -> Float32Array:
-        future = request.future
+    ) -> list[Float32Array]:
+        """Each item's embedding, in order; a failure, the deadline or a disconnect cancels the rest."""
+        waiting: set[asyncio.Future[Float32Array]] = set(ticket.futures)
         try:
-            while True:
+            while waiting:
                 timeout = deadline - time.monotonic()
                 if is_disconnected is not None:
                     timeout = min(timeout, DISCONNECT_POLL_S)
-                done, _ = await asyncio.wait({future}, timeout=max(0.0, timeout))
-                if done:
-                    return future.result()
+                done, waiting = await asyncio.wait(
+                    waiting, timeout=max(0.0, timeout), return_when=asyncio.FIRST_EXCEPTION
+                )
+                for future in done:
+                    if future.exception() is not None:
+                        self._batcher.cancel(ticket)
+                        raise future.exception()  # type: ignore[misc]
+                if not waiting:
+                    break
                 if time.monotonic() >= deadline:
-                    self._batcher.cancel(request)
+                    self._batcher.cancel(ticket)
                     raise DeadlineExceeded(f"no result within the deadline ({self.request_timeout_s} s max)")
                 if is_disconnected is not None and await is_disconnected():
-                    self._batcher.cancel(request)
+                    self._batcher.cancel(ticket)
                     raise RequestCancelled("client disconnected while waiting for inference")
         except asyncio.CancelledError:
-            self._batcher.cancel(request)
+            self._batcher.cancel(ticket)
             raise
         finally:
-            if not future.done():
-                future.cancel()
+            for future in ticket.futures:
+                if not future.done():
+                    future.cancel()
+        return [future.result() for future in ticket.futures]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.backend import EmbeddingBackend
+from app.engine.backend import EmbeddingBackend, run_padded
 from app.manifest import ModelManifest
 from app.vad import FRAME_SECONDS, HOP_SECONDS, speech_mask
 
@@ -119,18 +119,6 @@ def combine_segments(embeddings: Float32Array, weights: tuple[float, ...]) -> Fl
     return combined
 
 
-def pad_batch(
-    segments: list[Float32Array], padded_samples: int
-) -> tuple[Float32Array, npt.NDArray[np.int64]]:
-    """Stack segments into a zero-padded [B, padded_samples] batch plus their true lengths."""
-    audio = np.zeros((len(segments), padded_samples), dtype=np.float32)
-    lengths = np.empty(len(segments), dtype=np.int64)
-    for i, seg in enumerate(segments):
-        audio[i, : seg.shape[0]] = seg
-        lengths[i] = seg.shape[0]
-    return audio, lengths
-
-
 def embed_waveforms(
     backend: EmbeddingBackend,
     waveforms: list[Float32Array],
@@ -153,8 +141,7 @@ def embed_waveforms(
     for start in range(0, len(items), max_batch_size):
         chunk = items[start : start + max_batch_size]
         segs = [seg for _, _, seg in chunk]
-        audio, lengths = pad_batch(segs, backend.bucket(max(s.shape[0] for s in segs)))
-        out = backend.embed(audio, lengths)
+        out, _ = run_padded(backend, segs)
         for row, (wi, si, _) in enumerate(chunk):
             results[wi][si] = out[row]
     combined: list[Float32Array] = []

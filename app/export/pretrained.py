@@ -28,11 +28,12 @@ from tqdm import tqdm
 from app import __version__
 from app.export.nemo_export import export_nemo_checkpoint
 from app.manifest import ModelManifest, sha256_file
+from app.settings import env_var
 
 log = logging.getLogger(__name__)
 
-BASE_URL_ENV = "VOXGATE_PRETRAINED_BASE_URL"
-CACHE_DIR_ENV = "VOXGATE_PRETRAINED_CACHE_DIR"
+BASE_URL_ENV = env_var("pretrained_base_url")
+CACHE_DIR_ENV = env_var("pretrained_cache_dir")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "voxgate" / "pretrained"
 CHUNK_BYTES = 1 << 20
 NGC = "https://api.ngc.nvidia.com/v2/models/nvidia/nemo"

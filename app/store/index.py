@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from app.vectors import normalize_rows
+
 _MIN_CAPACITY = 1024
 _ARGMAX_MAX_K = 16
 
@@ -40,15 +42,6 @@ class VoiceprintIndex:
     def __contains__(self, speaker_id: object) -> bool:
         return speaker_id in self._rows
 
-    @staticmethod
-    def _normalize_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        v = np.asarray(vectors, dtype=np.float32).reshape(-1, vectors.shape[-1])
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms <= 1e-12):
-            raise ValueError("voiceprints must be finite and non-zero")
-        normalized: npt.NDArray[np.float32] = (v / norms).astype(np.float32)
-        return normalized
-
     def _grow_to(self, rows: int) -> None:
         if rows <= self._matrix.shape[0]:
             return
@@ -58,7 +51,7 @@ class VoiceprintIndex:
         self._matrix = grown
 
     def replace_all(self, ids: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        normalized = self._normalize_rows(vectors) if len(ids) else np.zeros((0, self.dim), dtype=np.float32)
+        normalized = normalize_rows(vectors) if len(ids) else np.zeros((0, self.dim), dtype=np.float32)
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate speaker ids")
         matrix = np.zeros((max(len(ids), _MIN_CAPACITY), self.dim), dtype=np.float32)
@@ -71,7 +64,7 @@ class VoiceprintIndex:
     def upsert_many(self, ids: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
         if not ids:
             return
-        normalized = self._normalize_rows(vectors)
+        normalized = normalize_rows(vectors)
         with self._lock:
             for sid, vec in zip(ids, normalized, strict=True):
                 row = self._rows.get(sid)
@@ -109,7 +102,7 @@ class VoiceprintIndex:
         """The ``top_k`` most similar speakers (cosine, best first), optionally among ``candidates``."""
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
-        q = self._normalize_rows(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
+        q = normalize_rows(np.asarray(query, dtype=np.float32).reshape(1, -1))[0]
         with self._lock:
             if candidates is not None:
                 rows = np.fromiter((self._rows[c] for c in set(candidates) if c in self._rows), dtype=np.intp)

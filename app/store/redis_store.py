@@ -26,6 +26,7 @@ import redis.exceptions as redis_exc
 
 from app.errors import StoreUnavailable
 from app.store.keys import KeySchema
+from app.vectors import l2_normalize
 
 # Changes kept in the stream for replicas to replay; a replica further behind reloads everything.
 DEFAULT_CHANGES_MAXLEN = 100_000
@@ -123,14 +124,6 @@ def _text(value: object) -> str:
     raise TypeError(f"unexpected Redis reply {type(value).__name__}")
 
 
-def l2_normalize(vector: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
-    v = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(v))
-    if not np.isfinite(norm) or norm <= 1e-12:
-        raise ValueError("cannot normalise a zero or non-finite vector")
-    return (v / norm).astype(np.float32)
-
-
 @asynccontextmanager
 async def redis_errors() -> AsyncIterator[None]:
     """Map driver connection failures to ``StoreUnavailable`` (the one place that does it)."""
@@ -169,6 +162,13 @@ class RedisVoiceprintStore:
             decode_responses=False,
         )
         return cls(client, keys, dim, owns_client=True)
+
+    def for_tenant(self, tenant: str) -> RedisVoiceprintStore:
+        """The same client and model, ``tenant``'s keys (the view does not own the client)."""
+        keys = KeySchema(self.keys.namespace, tenant, self.keys.model_key)
+        return RedisVoiceprintStore(
+            self.client, keys, self.dim, owns_client=False, changes_maxlen=self.changes_maxlen
+        )
 
     async def close(self) -> None:
         if self.owns_client:

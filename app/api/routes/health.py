@@ -20,12 +20,11 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(state: State) -> Response:
     """Ready = model loaded and warmed up, batcher running, Redis reachable, index in sync."""
+    # Only what can fail while serving: the graph itself was checked before the app could start.
     checks = ReadyChecks(
-        # The graph was loaded and checked against its manifest when the lifespan built the engine.
-        model_loaded=True,
         engine_running=state.engine.ready,  # warmed up and the batcher's worker thread alive
-        redis=await state.store.ping(),
-        index_synced=state.syncer.healthy and state.syncer.running,
+        redis=await state.tenants.root.ping(),
+        index_synced=state.tenants.healthy,
     )
     ready = all(checks.model_dump().values())
     failing = [name for name, ok in checks.model_dump().items() if not ok]
@@ -35,7 +34,7 @@ async def readyz(state: State) -> Response:
         provider=state.engine.provider,
         model=state.model_key,
         precision=state.manifest.precision,
-        speakers_indexed=len(state.index),
+        speakers_indexed=state.tenants.indexed_speakers(),
         detail=None if ready else f"not ready: {', '.join(failing)}",
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

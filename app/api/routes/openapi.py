@@ -1,22 +1,10 @@
-"""OpenAPI helpers: multipart bodies are parsed by ``app.api.multipart`` (streaming, with limits), so
-their schema is declared here from the form models instead of being inferred from parameters."""
+"""OpenAPI helpers shared by the routes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from app.api.schemas import Problem
-
-
-def multipart_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": model.model_json_schema()}},
-        }
-    }
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -2,66 +2,41 @@
 
 from __future__ import annotations
 
-import numpy as np
-from fastapi import APIRouter, Request
+from dataclasses import asdict
 
-from app.api.deps import State, VerifyFormData
-from app.api.intake import embed_uploads, files_field, speaker_id_field, threshold_field
-from app.api.routes.openapi import multipart_body, problems
-from app.api.routes.speakers import speaker_not_found
-from app.api.schemas import Notice, VerifyForm, VerifyResponse
-from app.errors import InvalidRequest
+from fastapi import APIRouter
 
-router = APIRouter(tags=["verification"])
+from app.api.deps import RequestWaiting, State, Tenant, VerifyFormData
+from app.api.forms import Forms, openapi_body
+from app.api.intake import decode_uploads
+from app.api.routes.openapi import problems
+from app.api.schemas import VerifyResponse
 
 
-@router.post(
-    "/verify",
-    response_model=VerifyResponse,
-    openapi_extra=multipart_body(VerifyForm),
-    responses=problems(400, 404, 413, 415, 422, 429, 503, 504),
-)
-async def verify(request: Request, state: State, form: VerifyFormData) -> VerifyResponse:
-    """Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
-    cosine similarity; `match` = score >= threshold (the model's default unless given)."""
-    threshold = threshold_field(form, state.default_threshold)
-    (probe_upload,) = files_field(form, "audio", at_most=1)
-    has_speaker = form.field_value("speaker_id") is not None
-    references = form.file_list("reference")
-    if has_speaker == bool(references) or len(references) > 1:
-        raise InvalidRequest("give exactly one of: form field 'speaker_id' or file 'reference'")
-    warnings: list[Notice] = []
+def build_router(forms: Forms) -> APIRouter:
+    router = APIRouter(tags=["verification"])
 
-    if has_speaker:
-        speaker_id = speaker_id_field(form)
-        voiceprint = await state.store.get(speaker_id)
-        if voiceprint is None:
-            raise await speaker_not_found(state, speaker_id)
-        (probe,) = await embed_uploads(state, request, [probe_upload], state.min_speech_seconds)
-        score = float(np.dot(probe.embedding, voiceprint.direction()))
-        if voiceprint.speech_seconds < state.settings.enroll_speech_seconds:
-            warnings.append(
-                Notice(
-                    code="not_fully_enrolled",
-                    detail=f"the voiceprint holds {voiceprint.speech_seconds:.1f} s of speech; "
-                    f"{state.settings.enroll_speech_seconds:g} s are recommended",
-                )
-            )
-        reference_name = None
-    else:
-        speaker_id = None
-        probe, reference = await embed_uploads(
-            state, request, [probe_upload, references[0]], state.min_speech_seconds
-        )
-        score = float(np.dot(probe.embedding, reference.embedding))
-        reference_name = reference.name
-
-    return VerifyResponse(
-        speaker_id=speaker_id,
-        reference=reference_name,
-        score=score,
-        threshold=threshold,
-        match=score >= threshold,
-        model=state.model_key,
-        warnings=warnings,
+    @router.post(
+        "/verify",
+        response_model=VerifyResponse,
+        openapi_extra=openapi_body(forms.verify),
+        responses=problems(400, 404, 413, 415, 422, 429, 503, 504),
     )
+    async def verify(
+        state: State, tenant: Tenant, form: VerifyFormData, waiting: RequestWaiting
+    ) -> VerifyResponse:
+        """Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
+        cosine similarity; `match` = score >= threshold (the model's default unless given)."""
+        max_seconds = state.settings.max_audio_seconds
+        if form.speaker_id is not None:
+            (probe,) = await decode_uploads([form.audio], max_seconds=max_seconds)
+            result = await state.speakers.verify_speaker(
+                tenant, form.speaker_id, probe, form.threshold, waiting
+            )
+        else:
+            assert form.reference is not None  # the form allows exactly one of the two
+            probe, reference = await decode_uploads([form.audio, form.reference], max_seconds=max_seconds)
+            result = await state.speakers.verify_pair(probe, reference, form.threshold, waiting)
+        return VerifyResponse.model_validate({**asdict(result), "model": state.model_key})
+
+    return router

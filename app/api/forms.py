@@ -1,0 +1,278 @@
+"""The multipart form contract: one pydantic model per endpoint.
+
+The same model validates what the streaming multipart reader (``app.api.multipart``) returns and is the
+request body schema of the OpenAPI document, so a limit is written once and the document states
+exactly what the service accepts. Limits that are settings (files per enrollment, metadata size) are
+baked into the models when the app is built (``build_forms``).
+
+Text fields arrive as lists of strings (a field may repeat); a scalar field takes its last value,
+blank values count as absent. Errors become 422 problems: ``invalid_speaker_id`` for a malformed id,
+``invalid_request`` for everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from starlette.requests import Request
+
+from app.api.multipart import FormContents, UploadedFile, read_multipart
+from app.errors import InvalidRequest, InvalidSpeakerId
+from app.settings import Settings
+from app.store.keys import SPEAKER_ID_PATTERN
+
+FormT = TypeVar("FormT", bound="Form")
+
+# Stored metadata is served back inside the speaker JSON; pydantic refuses to serialise nesting deeper
+# than ~250 levels, so a deeper object would be accepted once and then 500 every read of the speaker.
+MAX_METADATA_DEPTH = 32
+MAX_TOP_K = 100
+DEFAULT_TOP_K = 5
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+_SPEAKER_ID_FIELDS = ("speaker_id", "candidates")
+
+AudioFile = Annotated[
+    InstanceOf[UploadedFile],
+    WithJsonSchema({"type": "string", "format": "binary"}),
+]
+SpeakerId = Annotated[str, StringConstraints(pattern=SPEAKER_ID_PATTERN)]
+Threshold = Annotated[
+    float | None,
+    Field(None, ge=-1.0, le=1.0, allow_inf_nan=False, description="Cosine threshold for a match."),
+]
+
+
+def _integer_text(value: object) -> object:
+    # Only plain decimal digits: "3.0" or "0x3" is not an integer a client meant.
+    if isinstance(value, str) and not _INTEGER.fullmatch(value):
+        raise ValueError("must be a whole number written in decimal digits")
+    return value
+
+
+def _split_ids(value: object) -> object:
+    # Candidates may repeat the field or be comma-separated in one value.
+    if isinstance(value, list):
+        return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf without going through parse_constant; stored, it would come back altered.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_metadata(raw: object, max_bytes: int) -> dict[str, Any] | None:
+    """The metadata form field: a JSON object of finite numbers and valid Unicode, size- and depth-capped."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise ValueError("metadata must be JSON text")
+    if len(raw.encode()) > max_bytes:
+        raise ValueError(f"metadata is larger than {max_bytes} bytes")
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        # "\ud800" escapes decode to lone surrogates, which no UTF-8 response can carry: stored, they
+        # would make every later read of the speaker (GET /speakers) fail with a 500.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting under a large limit
+        raise ValueError("metadata must be a JSON object of finite numbers and valid Unicode text") from exc
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be a JSON object")
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+    return value
+
+
+class Form(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def max_files(cls) -> int:
+        """Most file parts a valid form has (the multipart reader stops beyond it)."""
+        total = 0
+        for name, info in cls.model_fields.items():
+            if not _is_file_field(cls, name):
+                continue
+            limit = next((m.max_length for m in info.metadata if hasattr(m, "max_length")), None)
+            total += (limit or 1) if _is_list(info.annotation) else 1
+        return total
+
+
+class EnrollForm(Form):
+    speaker_id: SpeakerId
+    audio: list[AudioFile] = Field(
+        min_length=1, description="One or more recordings (WAV, FLAC, OGG Vorbis/Opus, MP3)."
+    )
+    metadata: dict[str, Any] | None = None
+
+
+class VerifyForm(Form):
+    audio: AudioFile
+    speaker_id: SpeakerId | None = Field(None, description="Compare against this enrolled speaker ...")
+    reference: AudioFile | None = Field(None, description="... or against this second recording.")
+    threshold: Threshold = None
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> VerifyForm:
+        if (self.speaker_id is None) == (self.reference is None):
+            raise ValueError("give exactly one of: form field 'speaker_id' or file 'reference'")
+        return self
+
+
+class IdentifyForm(Form):
+    audio: AudioFile
+    top_k: Annotated[int, BeforeValidator(_integer_text)] = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
+    threshold: Threshold = None
+    candidates: Annotated[list[SpeakerId] | None, BeforeValidator(_split_ids)] = Field(
+        None, description="Restrict the search to these speaker ids (repeat the field or comma-separate)."
+    )
+
+
+@dataclass(frozen=True)
+class Forms:
+    """The app's form models, with its settings' limits in them."""
+
+    enroll: type[EnrollForm]
+    verify: type[VerifyForm]
+    identify: type[IdentifyForm]
+
+
+def build_forms(settings: Settings) -> Forms:
+    max_metadata = settings.max_metadata_bytes
+
+    def limited_metadata(raw: object) -> dict[str, Any] | None:
+        return parse_metadata(raw, max_metadata)
+
+    class LimitedEnrollForm(EnrollForm):
+        audio: list[AudioFile] = Field(
+            min_length=1,
+            max_length=settings.max_enroll_files,
+            description="One or more recordings (WAV, FLAC, OGG Vorbis/Opus, MP3).",
+        )
+        metadata: Annotated[
+            dict[str, Any] | None,
+            BeforeValidator(limited_metadata),
+            WithJsonSchema({"type": "string", "contentMediaType": "application/json"}),
+        ] = Field(
+            None,
+            description=f"JSON object stored with the speaker (replaces earlier metadata): at most "
+            f"{max_metadata} bytes of UTF-8, finite numbers, valid Unicode, at most {MAX_METADATA_DEPTH} "
+            "levels deep.",
+        )
+
+    LimitedEnrollForm.__name__ = LimitedEnrollForm.__qualname__ = "EnrollForm"
+    return Forms(enroll=LimitedEnrollForm, verify=VerifyForm, identify=IdentifyForm)
+
+
+# --- from multipart contents to a validated form -------------------------------------------------
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(_strip_optional(annotation)) is list
+
+
+def _is_file_field(model: type[Form], name: str) -> bool:
+    schema = model.model_json_schema()["properties"][name]
+    variants = [schema, schema.get("items", {}), *schema.get("anyOf", [])]
+    return any(v.get("format") == "binary" for v in variants)
+
+
+def _form_input(model: type[Form], contents: FormContents) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        many = _is_list(info.annotation)
+        if _is_file_field(model, name):
+            files = contents.file_list(name)
+            if not files:
+                continue
+            if not many and len(files) > 1:
+                raise InvalidRequest(f"at most 1 file in field {name!r}")
+            data[name] = files if many else files[0]
+            continue
+        values = [v.strip() for v in contents.field_values(name) if v.strip()]
+        if values:
+            data[name] = values if many else values[-1]
+    return data
+
+
+def _problem(model: type[Form], error: dict[str, Any]) -> InvalidRequest | InvalidSpeakerId:
+    loc = [str(p) for p in error.get("loc", ())]
+    where = ".".join(loc)
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        kind = "file field" if loc and _is_file_field(model, loc[0]) else "form field"
+        return InvalidRequest(f"{kind} {where!r} is required")
+    if loc and loc[0] in _SPEAKER_ID_FIELDS and error.get("type") == "string_pattern_mismatch":
+        return InvalidSpeakerId(
+            "speaker_id must be 1-128 characters of letters, digits, '_', '.', '@' or '-', "
+            "starting with a letter or digit",
+            pattern=SPEAKER_ID_PATTERN,
+        )
+    return InvalidRequest(f"{where}: {message}" if where else message)
+
+
+def validate_form(model: type[FormT], contents: FormContents) -> FormT:
+    try:
+        return model.model_validate(_form_input(model, contents))
+    except ValidationError as exc:
+        raise _problem(model, dict(exc.errors()[0])) from None
+
+
+async def read_form(request: Request, model: type[FormT], *, max_file_bytes: int) -> FormT:
+    """Stream the multipart body in (limits enforced while reading), then validate it as ``model``."""
+    contents = await read_multipart(request, max_file_bytes=max_file_bytes, max_files=model.max_files())
+    return validate_form(model, contents)
+
+
+def openapi_body(model: type[Form]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is ``model`` as multipart/form-data."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": model.model_json_schema()}},
+        }
+    }
