@@ -1,13 +1,18 @@
-# The two entry points of the README: `make run` and `make test`. Both set everything up first.
+# The two entry points of the README: `make run` and `make test`. Both set up first (scripts/setup.sh):
+# `make run` only what serving needs, `make test` (and lint, bench) the test, lint and export tools too.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench
+.PHONY: setup setup-serve run test lint bench
+
+setup-serve:
+	@bash scripts/setup.sh serve
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh test
 
-run: setup
+run: setup-serve
+	@echo "run: starting voxgate serve (default http://127.0.0.1:8000; ready when /readyz answers 200; Ctrl-C stops)" >&2
 	$(VENV)/bin/voxgate serve
 
 test: setup

@@ -13,7 +13,7 @@ Own graphs:                  python -m bench.bench_engine --model DIR [--torch-c
 
 Models named ``titanet-large`` / ``ecapa_tdnn`` / ... are exported with random init (full size) into
 ``--cache`` on first use, once per ``--precisions`` entry: ``int8`` graphs are calibrated on
-``--calibration-audio`` (default: the shared speech set beside the repository, else synthetic speech).
+``--calibration-audio`` (default: the repository's test speech, tests/data/speech; else synthetic speech).
 Baseline A is always the float32 PyTorch model; baseline B is the same graph as the engine's.
 Results go to stdout as a Markdown table.
 """
@@ -283,8 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--calibration-audio",
         type=Path,
-        default=REPO_ROOT.parent / "shared" / "data" / "speech",
-        help="int8 calibration recordings (default: ../shared/data/speech; synthetic speech if missing)",
+        default=REPO_ROOT / "tests" / "data" / "speech",
+        help="int8 calibration recordings (default: tests/data/speech; synthetic speech if missing)",
     )
     p.add_argument("--durations", nargs="+", type=float, default=[3.0, 10.0])
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])

@@ -1,4 +1,5 @@
-"""Shared fixtures: where the shared data lives, and a real redis-server on a free port."""
+"""Fixtures only (helpers live in tests/support.py): the data directories, a real redis-server on a
+free port, and the check that the repository's test data is all there before anything is collected."""
 
 from __future__ import annotations
 
@@ -11,38 +12,34 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
-SPEECH_DIR = SHARED / "data" / "speech"
-NEMO_FIXTURES = SHARED / "fixtures" / "nemo"
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
+from tests.support import (
+    NEMO_FIXTURES,
+    SPEECH_DIR,
+    RedisProcess,
+    check_test_data,
+    free_port,
+    missing_data_message,
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One clear message instead of a collection error in every module that reads the data.
+
+    A UsageError stops the run before collection: pytest prints it once, as ``ERROR: ...``, and exits 4.
+    """
+    problems = check_test_data()
+    if problems:
+        raise pytest.UsageError(missing_data_message(problems))
 
 
 @pytest.fixture(scope="session")
 def speech_dir() -> Path:
-    if not SPEECH_DIR.is_dir():
-        pytest.fail(f"shared speech data missing at {SPEECH_DIR}")
     return SPEECH_DIR
 
 
 @pytest.fixture(scope="session")
 def nemo_fixtures() -> Path:
-    if not NEMO_FIXTURES.is_dir():
-        pytest.fail(f"NeMo fixtures missing at {NEMO_FIXTURES}")
     return NEMO_FIXTURES
-
-
-class RedisProcess:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
-        self.port = port
-        self.proc = proc
-        self.url = f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +47,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     """A private redis-server for the whole test session (tests use their own key prefixes)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server not installed (scripts/setup.sh installs it)")
-    port = _free_port()
+        pytest.fail("redis-server not installed (`make test` installs it)")
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [

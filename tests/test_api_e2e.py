@@ -15,8 +15,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.manifest import load_manifest
 from app.settings import Settings
-from tests.api_support import default_model_dir, settings_for, speech_files
-from tests.conftest import RedisProcess
+from tests.support import RedisProcess, default_model_dir, settings_for, speech_files, wav_part
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,7 @@ ENROLL_PER_SPEAKER = 2
 
 
 def wav(path: Path, field: str = "audio") -> tuple[str, tuple[str, bytes, str]]:
-    return (field, (path.name, path.read_bytes(), "audio/wav"))
+    return wav_part(path, field)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,18 @@ from app.api.multipart import read_multipart
 from app.errors import AudioTooLarge
 from app.main import create_app
 from app.settings import Settings
-from tests.api_support import build_tiny_model, encode, redis_snapshot, settings_for, speech_files
-from tests.conftest import RedisProcess
-from tests.test_audio import short_speech
-from tests.test_store import OwnRedis
+from tests.support import (
+    OwnRedis,
+    RedisProcess,
+    build_tiny_model,
+    encode,
+    redis_snapshot,
+    settings_for,
+    short_speech,
+    speech_files,
+    wav_bytes,
+    wav_part,
+)
 
 MAX_UPLOAD = 600_000  # bytes: a few seconds of 16-bit audio fit, a minute does not
 MAX_SECONDS = 20.0
@@ -56,7 +64,7 @@ def enrolled(client: TestClient) -> str:
     r = client.post(
         "/enroll",
         data={"speaker_id": "known", "metadata": '{"team": "qa"}'},
-        files=[("audio", (p.name, p.read_bytes(), "audio/wav")) for p in SPEECH["vctk_p225"][:2]],
+        files=[wav_part(p) for p in SPEECH["vctk_p225"][:2]],
     )
     assert r.status_code == 200, r.text
     return "known"
@@ -95,10 +103,10 @@ def _too_long() -> bytes:
 
 BAD_AUDIO: dict[str, tuple[bytes, str, int, str]] = {
     "zero_bytes": (b"", "audio/wav", 400, "invalid_audio"),
-    "truncated_wav": (WAV_A.read_bytes()[:30000], "audio/wav", 400, "invalid_audio"),
-    "header_only_wav": (WAV_A.read_bytes()[:44], "audio/wav", 400, "invalid_audio"),
+    "truncated_wav": (wav_bytes(WAV_A)[:30000], "audio/wav", 400, "invalid_audio"),
+    "header_only_wav": (wav_bytes(WAV_A)[:44], "audio/wav", 400, "invalid_audio"),
     "text_named_wav": (b"hello, I am a text file\n" * 50, "audio/wav", 415, "unsupported_media_type"),
-    "declared_text": (WAV_A.read_bytes(), "text/plain", 415, "unsupported_media_type"),
+    "declared_text": (wav_bytes(WAV_A), "text/plain", 415, "unsupported_media_type"),
     "silence": (_silence(), "audio/wav", 422, "no_speech"),
     "speech_0_3s": (encode(short_speech(0.3)), "audio/wav", 422, "not_enough_speech"),
     "too_long": (_too_long(), "audio/wav", 422, "audio_too_long"),
@@ -129,7 +137,7 @@ def test_one_bad_recording_refuses_the_whole_enrollment(
         "/enroll",
         data={"speaker_id": enrolled},
         files=[
-            wav_file(WAV_A.read_bytes(), "good.wav"),
+            wav_file(wav_bytes(WAV_A), "good.wav"),
             wav_file(_silence(), "silent.wav"),
         ],
     )
@@ -193,12 +201,12 @@ def test_declared_content_length_over_the_limit_is_refused_before_reading(client
 @pytest.mark.parametrize("bad_id", ["has space", "a:b", "-x", "x" * 129])
 def test_bad_speaker_id(client: TestClient, settings: Settings, enrolled: str, bad_id: str) -> None:
     before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
-    r = client.post("/enroll", data={"speaker_id": bad_id}, files=[wav_file(WAV_A.read_bytes())])
+    r = client.post("/enroll", data={"speaker_id": bad_id}, files=[wav_file(wav_bytes(WAV_A))])
     assert_problem(r, 422, "invalid_speaker_id")
-    r = client.post("/verify", data={"speaker_id": bad_id}, files=[wav_file(WAV_A.read_bytes())])
+    r = client.post("/verify", data={"speaker_id": bad_id}, files=[wav_file(wav_bytes(WAV_A))])
     assert_problem(r, 422, "invalid_speaker_id")
     r = client.post(
-        "/identify", data={"candidates": f"{enrolled},{bad_id}"}, files=[wav_file(WAV_A.read_bytes())]
+        "/identify", data={"candidates": f"{enrolled},{bad_id}"}, files=[wav_file(wav_bytes(WAV_A))]
     )
     assert_problem(r, 422, "invalid_speaker_id")
     if "/" not in bad_id:
@@ -209,7 +217,7 @@ def test_bad_speaker_id(client: TestClient, settings: Settings, enrolled: str, b
 
 def test_unknown_speaker(client: TestClient, settings: Settings, enrolled: str) -> None:
     before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
-    r = client.post("/verify", data={"speaker_id": "nobody"}, files=[wav_file(WAV_A.read_bytes())])
+    r = client.post("/verify", data={"speaker_id": "nobody"}, files=[wav_file(wav_bytes(WAV_A))])
     assert_problem(r, 404, "speaker_not_found")
     assert_problem(client.get("/speakers/nobody"), 404, "speaker_not_found")
     assert_problem(client.delete("/speakers/nobody"), 404, "speaker_not_found")
@@ -235,7 +243,7 @@ MALFORMED: dict[str, tuple[str, dict[str, str], int]] = {
 def test_malformed_requests(client: TestClient, settings: Settings, enrolled: str, case: str) -> None:
     endpoint, form, n_files = MALFORMED[case]
     before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
-    files = [wav_file(WAV_A.read_bytes())] * n_files
+    files = [wav_file(wav_bytes(WAV_A))] * n_files
     r = (
         client.post(endpoint, data=form, files=files)
         if files
@@ -249,7 +257,7 @@ def test_verify_with_both_speaker_and_reference(client: TestClient, enrolled: st
     r = client.post(
         "/verify",
         data={"speaker_id": enrolled},
-        files=[wav_file(WAV_A.read_bytes()), ("reference", ("r.wav", WAV_B.read_bytes(), "audio/wav"))],
+        files=[wav_file(wav_bytes(WAV_A)), ("reference", ("r.wav", wav_bytes(WAV_B), "audio/wav"))],
     )
     assert_problem(r, 422, "invalid_request")
 
@@ -276,14 +284,14 @@ def test_overloaded_is_429_with_retry_after(redis_server: RedisProcess, tiny_mod
         first: dict[str, Any] = {}
 
         def send_first() -> None:
-            first["response"] = client.post("/identify", files=[wav_file(WAV_A.read_bytes())])
+            first["response"] = client.post("/identify", files=[wav_file(wav_bytes(WAV_A))])
 
         thread = threading.Thread(target=send_first)
         thread.start()
         while engine.queue_depth() < 1 and thread.is_alive():
             threading.Event().wait(0.01)
         assert engine.queue_depth() == 1
-        r = client.post("/identify", files=[wav_file(WAV_B.read_bytes())])
+        r = client.post("/identify", files=[wav_file(wav_bytes(WAV_B))])
         body = assert_problem(r, 429, "overloaded")
         assert int(r.headers["retry-after"]) >= 1
         assert body["detail"]
@@ -291,7 +299,7 @@ def test_overloaded_is_429_with_retry_after(redis_server: RedisProcess, tiny_mod
         r = client.post(
             "/enroll",
             data={"speaker_id": "late"},
-            files=[wav_file(WAV_A.read_bytes()), wav_file(WAV_B.read_bytes())],
+            files=[wav_file(wav_bytes(WAV_A)), wav_file(wav_bytes(WAV_B))],
         )
         assert_problem(r, 429, "overloaded")
         assert redis_snapshot(settings.redis_url or "", settings.redis_namespace) == before
@@ -306,7 +314,7 @@ def test_redis_down_is_503_and_recovers_without_restart(tmp_path: Path, tiny_mod
     try:
         settings = settings_for(server.url, tiny_model)
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            files = [wav_file(WAV_A.read_bytes())]
+            files = [wav_file(wav_bytes(WAV_A))]
             assert client.post("/enroll", data={"speaker_id": "s1"}, files=files).status_code == 200
             server.stop()
             for r in (

@@ -13,14 +13,22 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.api_support import TINY_DIM, build_tiny_model, redis_snapshot, settings_for, speech_files
-from tests.conftest import RedisProcess
+from tests.support import (
+    TINY_DIM,
+    RedisProcess,
+    build_tiny_model,
+    redis_snapshot,
+    settings_for,
+    speech_files,
+    wav_bytes,
+    wav_part,
+)
 
 SPEECH = speech_files()
 
 
 def wav(path: Path) -> tuple[str, tuple[str, bytes, str]]:
-    return ("audio", (path.name, path.read_bytes(), "audio/wav"))
+    return wav_part(path)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,7 @@ def test_verify_and_identify_shapes(client: TestClient) -> None:
 
     pair = client.post(
         "/verify",
-        files=[wav(p225[2]), ("reference", ("ref.wav", p225[3].read_bytes(), "audio/wav"))],
+        files=[wav(p225[2]), ("reference", ("ref.wav", wav_bytes(p225[3]), "audio/wav"))],
         data={"threshold": "1.0"},
     ).json()
     assert pair["speaker_id"] is None

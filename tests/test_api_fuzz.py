@@ -24,8 +24,16 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from app.settings import Settings
-from tests.api_support import build_tiny_model, encode, redis_snapshot, settings_for, speech_files
-from tests.conftest import RedisProcess
+from tests.support import (
+    RedisProcess,
+    build_tiny_model,
+    encode,
+    redis_snapshot,
+    settings_for,
+    speech_files,
+    wav_bytes,
+    wav_part,
+)
 
 MAX_UPLOAD = 4_000_000
 MAX_SECONDS = 20.0
@@ -61,7 +69,7 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
         r = c.post(
             "/enroll",
             data={"speaker_id": KNOWN, "metadata": '{"team": "qa"}'},
-            files=[("audio", (p.name, p.read_bytes(), "audio/wav")) for p in SPEECH["vctk_p225"][:2]],
+            files=[wav_part(p) for p in SPEECH["vctk_p225"][:2]],
         )
         assert r.status_code == 200, r.text
         yield c
@@ -284,7 +292,7 @@ CRAFTED_FORMS: dict[str, tuple[str, dict[str, str], int, str | None]] = {
 def test_crafted_form_fields(client: TestClient, app_settings: Settings, case: str) -> None:
     endpoint, form, status, code = CRAFTED_FORMS[case]
     before = snapshot(app_settings)
-    r = client.post(endpoint, data=form, files=[("audio", ("a.wav", WAV_A.read_bytes(), "audio/wav"))])
+    r = client.post(endpoint, data=form, files=[("audio", ("a.wav", wav_bytes(WAV_A), "audio/wav"))])
     assert check(r, before, app_settings) == status, r.text[:300]
     if code is not None:
         assert r.json()["code"] == code
@@ -295,7 +303,7 @@ def test_stored_metadata_reads_back(client: TestClient) -> None:
     client.post(
         "/enroll",
         data={"speaker_id": "m3", "metadata": '{"名前": "Zoë 🎤"}'},
-        files=[("audio", ("a.wav", WAV_A.read_bytes(), "audio/wav"))],
+        files=[("audio", ("a.wav", wav_bytes(WAV_A), "audio/wav"))],
     )
     assert client.get("/speakers/m3").json()["metadata"] == {"名前": "Zoë 🎤"}
     assert client.get("/speakers", params={"limit": 1000}).status_code == 200
@@ -306,7 +314,7 @@ def _part(headers: bytes, body: bytes, boundary: bytes = b"XX") -> bytes:
     return b"--" + boundary + b"\r\n" + headers + b"\r\n\r\n" + body + b"\r\n"
 
 
-_AUDIO_PART = _part(b'Content-Disposition: form-data; name="audio"; filename="a.wav"', WAV_A.read_bytes())
+_AUDIO_PART = _part(b'Content-Disposition: form-data; name="audio"; filename="a.wav"', wav_bytes(WAV_A))
 _SPEAKER_PART = _part(b'Content-Disposition: form-data; name="speaker_id"', b"abc")
 
 CRAFTED_BODIES: dict[str, tuple[str, bytes]] = {
@@ -452,7 +460,7 @@ _field_values: dict[str, st.SearchStrategy[str]] = {
 
 def _audio_blobs() -> list[bytes]:
     return [
-        WAV_A.read_bytes(),
+        wav_bytes(WAV_A),
         CRAFTED["silence"][0],
         CRAFTED["nan_samples"][0],
         CRAFTED["header_2g_hz"][0],

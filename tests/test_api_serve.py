@@ -18,8 +18,7 @@ import pytest
 import redis
 
 from app.redis_supervisor import RedisSupervisor, free_port
-from tests.api_support import build_tiny_model, speech_files
-from tests.conftest import REPO_ROOT, RedisProcess
+from tests.support import REPO_ROOT, RedisProcess, build_tiny_model, speech_files, wav_bytes, wav_name
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +64,11 @@ def _post_multipart(url: str, fields: dict[str, str], files: list[tuple[str, Pat
     for name, path in files:
         body += (
             (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{wav_name(path)}"\r\n'
                 "Content-Type: audio/wav\r\n\r\n"
             ).encode()
-            + path.read_bytes()
+            + wav_bytes(path)
             + b"\r\n"
         )
     body += f"--{boundary}--\r\n".encode()

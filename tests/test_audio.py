@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,9 @@ import soundfile as sf
 
 from app.audio import TARGET_SAMPLE_RATE, decode_audio, require_speech, sniff_format
 from app.errors import AudioTooLong, InvalidAudio, NoSpeech, NotEnoughSpeech, UnsupportedMediaType
-from tests.conftest import SPEECH_DIR
+from tests.support import short_speech, speech_files, wav_bytes
 
-SPEECH_FILE = SPEECH_DIR / "vctk_p225" / sorted(p.name for p in (SPEECH_DIR / "vctk_p225").glob("*.wav"))[0]
+SPEECH_FILE = speech_files()["vctk_p225"][0]
 
 
 def _speech() -> np.ndarray:
@@ -29,7 +28,7 @@ def _encode(samples: np.ndarray, sample_rate: int, fmt: str, subtype: str | None
 
 
 def test_wav_roundtrip_is_exact() -> None:
-    audio = decode_audio(SPEECH_FILE.read_bytes())
+    audio = decode_audio(wav_bytes(SPEECH_FILE))
     reference = _speech()
     assert audio.format == "wav"
     assert audio.source_sample_rate == 16000
@@ -109,9 +108,9 @@ def test_text_named_wav_is_unsupported_media_type() -> None:
 
 def test_non_audio_content_type_is_refused() -> None:
     with pytest.raises(UnsupportedMediaType):
-        decode_audio(SPEECH_FILE.read_bytes(), content_type="text/plain")
+        decode_audio(wav_bytes(SPEECH_FILE), content_type="text/plain")
     # generic or audio types defer to the bytes
-    assert decode_audio(SPEECH_FILE.read_bytes(), content_type="application/octet-stream").format == "wav"
+    assert decode_audio(wav_bytes(SPEECH_FILE), content_type="application/octet-stream").format == "wav"
 
 
 def test_empty_upload_is_invalid() -> None:
@@ -121,7 +120,7 @@ def test_empty_upload_is_invalid() -> None:
 
 @pytest.mark.parametrize("keep", [12, 30, 44, 20000])
 def test_truncated_wav_is_invalid(keep: int) -> None:
-    data = SPEECH_FILE.read_bytes()
+    data = wav_bytes(SPEECH_FILE)
     assert len(data) > 20000
     with pytest.raises(InvalidAudio):
         decode_audio(data[:keep])
@@ -136,7 +135,7 @@ def test_corrupt_flac_is_invalid() -> None:
 
 def test_too_long_is_refused_from_the_header() -> None:
     with pytest.raises(AudioTooLong) as info:
-        decode_audio(SPEECH_FILE.read_bytes(), max_seconds=1.0)
+        decode_audio(wav_bytes(SPEECH_FILE), max_seconds=1.0)
     assert info.value.extra["max_seconds"] == 1.0
 
 
@@ -153,15 +152,5 @@ def test_speech_checks() -> None:
     short = decode_audio(_encode(short_speech(0.3), 16000, "WAV"))
     with pytest.raises(NotEnoughSpeech):
         require_speech(short, 1.0)
-    full = decode_audio(SPEECH_FILE.read_bytes())
+    full = decode_audio(wav_bytes(SPEECH_FILE))
     assert require_speech(full, 1.0) > 1.0
-
-
-def short_speech(seconds: float, path: Path = SPEECH_FILE) -> np.ndarray:
-    """``seconds`` of the loudest stretch of a real recording, padded with 1 s of silence each side."""
-    data, _ = sf.read(path, dtype="float32")
-    n = int(seconds * 16000)
-    energy = np.convolve(data**2, np.ones(n), mode="valid")
-    start = int(np.argmax(energy))
-    pad = np.zeros(16000, dtype=np.float32)
-    return np.concatenate([pad, data[start : start + n], pad])

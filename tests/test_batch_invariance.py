@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from app.export.nemo_export import export_nemo_checkpoint
 from app.modeling.speaker_model import SpeakerModel, load_nemo_model
-from tests.conftest import NEMO_FIXTURES
-from tests.test_nemo_conformance import MODELS, UTTERANCES, audio, nemo_path, reference
+from tests.support import MODELS, UTTERANCES, audio, nemo_path, reference
 
 TOL = 1e-4
 REL_TOL = 5e-5
@@ -147,5 +146,5 @@ _MODEL_CACHE: dict[str, SpeakerModel] = {}
 def _cached_model(name: str) -> SpeakerModel:
     # Hypothesis reruns the test body many times: load each checkpoint once.
     if name not in _MODEL_CACHE:
-        _MODEL_CACHE[name] = load_nemo_model(NEMO_FIXTURES / name / f"{name}.nemo").model
+        _MODEL_CACHE[name] = load_nemo_model(nemo_path(name)).model
     return _MODEL_CACHE[name]

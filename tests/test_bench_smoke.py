@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import DEFAULT_MODEL_DIR, REPO_ROOT
+from tests.support import DEFAULT_MODEL_DIR, REPO_ROOT
 
 
 def _run(*args: str) -> str:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +23,22 @@ from packaging.version import Version
 
 from app.settings import Settings
 from app.settings_doc import allowed_env_names
+from tests.support import (
+    DEPLOY,
+    OVERLAYS,
+    REPO_ROOT,
+    Dockerfile,
+    Stage,
+    compose,
+    compose_config,
+    parse_dockerfile,
+    tool,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
+REPO = REPO_ROOT
 COMPOSE_BASE = "docker-compose.yml"
 COMPOSE_OVERRIDES = ("docker-compose.cpu.yml",)
 ALLOWED_ENV = allowed_env_names()
-
-
-def _tool(name: str) -> str:
-    venv_bin = Path(sys.executable).parent / name
-    found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} not installed (`make setup` installs it with the dev extra)")
-    return found
-
-
-def _clean_env() -> dict[str, str]:
-    # Compose interpolates ${VAR} from the environment: test the files' own defaults, not this shell's.
-    keep = ("PATH", "HOME", "TMPDIR", "LANG")
-    return {k: v for k, v in os.environ.items() if k in keep}
 
 
 # --- docker compose ----------------------------------------------------------------------------------
@@ -58,37 +51,10 @@ def _compose_file_sets() -> list[tuple[str, ...]]:
     return sets
 
 
-def _compose(
-    files: tuple[str, ...], *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    cmd = [_tool("docker-compose")]
-    for f in files:
-        cmd += ["-f", f]
-    return subprocess.run(
-        [*cmd, *args],
-        cwd=REPO,
-        env={**_clean_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def _profiles(files: tuple[str, ...]) -> list[str]:
-    result = _compose(files, "config", "--profiles")
+    result = compose(files, "config", "--profiles")
     assert result.returncode == 0, result.stderr
     return [p for p in result.stdout.split() if p]
-
-
-def compose_config(
-    files: tuple[str, ...], profile: str | None = None, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    args = ["--profile", profile] if profile else []
-    result = _compose(files, *args, "config", "--format", "json", env=env)
-    assert result.returncode == 0, f"docker-compose config failed for {files}:\n{result.stderr}"
-    config: dict[str, Any] = json.loads(result.stdout)
-    return config
 
 
 @pytest.mark.parametrize("files", _compose_file_sets(), ids=lambda f: "+".join(f))
@@ -162,53 +128,6 @@ def test_allowed_env_names_come_from_the_settings_class() -> None:
 # --- Dockerfile --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class Dockerfile:
-    global_args: dict[str, str]
-    stages: list[Stage]
-
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
-
-
-def parse_dockerfile(text: str) -> Dockerfile:
-    """Instructions with continuations joined and comments dropped, grouped by stage."""
-    logical: list[str] = []
-    buffer = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buffer += line[:-1] + " "
-            continue
-        logical.append(buffer + line)
-        buffer = ""
-    global_args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in logical:
-        keyword, _, rest = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            parts = rest.split()
-            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=parts[0], name=name))
-        elif not stages:
-            assert keyword == "ARG", f"only ARG may precede the first FROM, got {line!r}"
-            key, _, value = rest.partition("=")
-            global_args[key] = value.strip('"')
-        else:
-            stages[-1].instructions.append((keyword, rest))
-    return Dockerfile(global_args, stages)
-
-
 @pytest.fixture(scope="module")
 def dockerfile() -> Dockerfile:
     return parse_dockerfile((REPO / "Dockerfile").read_text(encoding="utf-8"))
@@ -223,7 +142,7 @@ def _stage_arg_default(stage: Stage, name: str) -> str:
 
 def test_hadolint_passes() -> None:
     result = subprocess.run(
-        [_tool("hadolint"), "--config", ".hadolint.yaml", "--no-color", "Dockerfile"],
+        [tool("hadolint"), "--config", ".hadolint.yaml", "--no-color", "Dockerfile"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -540,9 +459,6 @@ def test_kustomization_references_exist(path: Path) -> None:
     for patch in kustomization.get("patches", []):
         patch_doc = yaml.safe_load((path.parent / patch["path"]).read_text(encoding="utf-8"))
         assert (patch_doc["kind"], patch_doc["metadata"]["name"]) in names, f"{path}: patch target missing"
-
-
-OVERLAYS = sorted(p.parent for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)

@@ -12,8 +12,7 @@ import numpy as np
 import soundfile as sf
 
 from app.manifest import load_manifest
-from tests.api_support import build_tiny_model, default_model_dir, speech_files
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT, build_tiny_model, default_model_dir, speech_files, wav_bytes, wav_name
 
 SPEECH = speech_files()
 
@@ -31,8 +30,10 @@ def run_embed(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_embed_default_model(tmp_path: Path) -> None:
-    same_a, same_b = SPEECH["vctk_p225"][:2]
+    same_a_flac, same_b = SPEECH["vctk_p225"][:2]
     other = SPEECH["librispeech_2033"][0]
+    same_a = tmp_path / wav_name(same_a_flac)  # one input as 16-bit WAV, the others FLAC
+    same_a.write_bytes(wav_bytes(same_a_flac))
     # The same recording as FLAC at 44.1 kHz stereo: decoding normalises it to (almost) the same input.
     data, _ = sf.read(same_a, dtype="float32")
     import soxr

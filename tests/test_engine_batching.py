@@ -20,7 +20,7 @@ from app.engine.batcher import MAX_CONSECUTIVE_FAILURES, BatcherConfig, Inferenc
 from app.engine.engine import EmbeddingEngine
 from app.engine.metrics import EngineMetrics
 from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
-from tests.engine_support import SAMPLE_RATE, FakeBackend, fake_manifest
+from tests.support import SAMPLE_RATE, FakeBackend, fake_manifest
 
 SR = SAMPLE_RATE
 

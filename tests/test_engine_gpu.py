@@ -15,7 +15,7 @@ from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present
 from app.engine.engine import EmbeddingEngine
 from app.manifest import load_manifest
 from app.settings import Settings
-from tests.conftest import DEFAULT_MODEL_DIR, SPEECH_DIR
+from tests.support import DEFAULT_MODEL_DIR, speech_paths
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +29,7 @@ def _need_cuda() -> None:
 
 
 def _speech(n: int) -> list[np.ndarray]:
-    files = sorted(SPEECH_DIR.glob("*/*.wav"))[:n]
+    files = speech_paths()[:n]
     return [sf.read(f, dtype="float32")[0] for f in files]
 
 

@@ -24,8 +24,15 @@ from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPolicy, embed_waveforms
 from app.manifest import MANIFEST_FILE, ManifestError, load_manifest
 from app.settings import Settings
-from tests.conftest import DEFAULT_MODEL_DIR, SPEECH_DIR
-from tests.engine_support import SAMPLE_RATE, TOY_DIM, stats_graph, toy_waveform, write_model_dir
+from tests.support import (
+    DEFAULT_MODEL_DIR,
+    SAMPLE_RATE,
+    TOY_DIM,
+    speech_paths,
+    stats_graph,
+    toy_waveform,
+    write_model_dir,
+)
 
 SR = SAMPLE_RATE
 TOL = 1e-4
@@ -198,7 +205,7 @@ def test_engine_from_settings_starts_warm_and_reports_provider(toy_dir: Path) ->
 # --- the real default model, when it has been exported --------------------------------------------
 def speech_files(limit: int, step: int = 5) -> list[npt.NDArray[np.float32]]:
     waves = []
-    for path in sorted(SPEECH_DIR.glob("*/*.wav"))[::step][:limit]:
+    for path in speech_paths()[::step][:limit]:
         data, rate = sf.read(path, dtype="float32")
         assert rate == SR
         waves.append(np.asarray(data, dtype=np.float32))

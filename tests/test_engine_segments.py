@@ -16,7 +16,7 @@ from app.engine.segments import (
     segment_bounds,
     speech_weights,
 )
-from tests.engine_support import SAMPLE_RATE, toy_waveform
+from tests.support import SAMPLE_RATE, toy_waveform
 
 SR = SAMPLE_RATE
 

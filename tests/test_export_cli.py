@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,16 @@ from app.cli import RANDOM_ARCHS, main
 from app.export.nemo_export import RANDOM_INIT_CONFIGS, random_init_config
 from app.manifest import check_graph_io, load_manifest
 from app.modeling.speaker_model import build_speaker_model
-from tests.conftest import NEMO_FIXTURES, REPO_ROOT
-from tests.test_nemo_conformance import MODELS, UTTERANCES, audio, nemo_path, reference
+from tests.support import (
+    MODELS,
+    NEMO_FIXTURES,
+    REPO_ROOT,
+    UTTERANCES,
+    audio,
+    nemo_manifest,
+    nemo_path,
+    reference,
+)
 
 TITANET = "titanet-large-reduced"
 FP16_MIN_COSINE = 0.999
@@ -51,7 +58,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_cli_export_writes_a_bundle_that_keeps_its_contract(tmp_path: Path) -> None:
     bundle = export(tmp_path, TITANET, "--name", "tn-test")
     manifest = load_manifest(bundle)  # also checks the graph's sha256
-    fixture = json.loads((NEMO_FIXTURES / "manifest.json").read_text())["models"][TITANET]
+    fixture = nemo_manifest()["models"][TITANET]
     assert manifest.name == "tn-test"
     assert manifest.architecture == "titanet"
     assert manifest.source_sha256 == fixture["nemo"]["sha256"]

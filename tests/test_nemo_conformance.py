@@ -1,6 +1,6 @@
-"""Our PyTorch model and its ONNX export against NVIDIA NeMo's own outputs (shared fixtures).
+"""Our PyTorch model and its ONNX export against NVIDIA NeMo's own outputs (tests/data/nemo).
 
-Every model in ``fixtures/nemo/manifest.json`` is checked: strict checkpoint import, log-mel features,
+Every model in ``tests/data/nemo/manifest.json`` is checked: strict checkpoint import, log-mel features,
 encoder output, embeddings and logits in torch, and embeddings of the exported graph in ONNX Runtime.
 """
 
@@ -35,29 +35,10 @@ from app.modeling.speaker_model import (
     build_speaker_model,
     load_nemo_model,
 )
-from tests.conftest import NEMO_FIXTURES
+from tests.support import MODELS, NEMO_FIXTURES, UTTERANCES, audio, nemo_manifest, nemo_path, reference
 
 EMB_TOL = 1e-4
 FEATS_TOL = 1e-3
-UTTERANCES = ("utt1", "utt2", "utt3", "utt4")
-MODELS = tuple(sorted(json.loads((NEMO_FIXTURES / "manifest.json").read_text())["models"]))
-
-
-def _fixture_manifest() -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((NEMO_FIXTURES / "manifest.json").read_text())
-    return result
-
-
-def nemo_path(model: str) -> Path:
-    return NEMO_FIXTURES / model / f"{model}.nemo"
-
-
-def audio(utt: str) -> np.ndarray:
-    return np.load(NEMO_FIXTURES / "audio" / f"{utt}.f32.npy")
-
-
-def reference(model: str, name: str) -> np.ndarray:
-    return np.load(NEMO_FIXTURES / model / f"{name}.npy")
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -78,7 +59,7 @@ def _run(model: SpeakerModel, utt: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_state_dict_matches_nemo_exactly(model_name: str, speaker_model: SpeakerModel) -> None:
-    listed = _fixture_manifest()["models"][model_name]["state_dict"]
+    listed = nemo_manifest()["models"][model_name]["state_dict"]
     ours = {key: list(value.shape) for key, value in speaker_model.state_dict().items()}
     assert ours == {key: value["shape"] for key, value in listed.items()}
 

@@ -22,7 +22,7 @@ from app.export.pretrained import (
     fetch_checkpoint,
 )
 from app.manifest import load_manifest
-from tests.test_nemo_conformance import audio, nemo_path, reference
+from tests.support import audio, nemo_path, reference
 
 FIXTURE_MODEL = "titanet-large-reduced"
 

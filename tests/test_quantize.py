@@ -27,7 +27,7 @@ from app.export.quantize import (
     split_calibration,
 )
 from app.manifest import load_manifest
-from tests.test_nemo_conformance import nemo_path
+from tests.support import nemo_path
 
 TITANET = "titanet-large-reduced"
 

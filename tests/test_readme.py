@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -38,8 +37,7 @@ from packaging.version import Version
 
 from app.cli import PRETRAINED_NAMES, build_parser
 from app.settings_doc import allowed_env_names, extract_table, render_table
-from tests.conftest import RedisProcess
-from tests.test_deploy import OVERLAYS, compose_config, parse_dockerfile
+from tests.support import OVERLAYS, RedisProcess, compose_config, free_port, parse_dockerfile
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -220,7 +218,8 @@ def test_voxgate_embed_runs(command: Command) -> None:
     result = subprocess.run(tokens, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    files = [t for t in command.tokens if t.endswith(".wav")]
+    files = [t for t in command.tokens if t.endswith((".wav", ".flac"))]
+    assert files, f"`{command}` embeds no audio file"
     assert len(lines) == len(files)
 
 
@@ -296,19 +295,13 @@ def test_kubectl_apply_targets_a_validated_overlay(command: Command) -> None:
 # --- curl against a live server -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_server(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The server reads VOXGATE_MODEL_DIR like any setting; unset (CI) = the default model of the README.
     model_dir = Path(os.environ.get("VOXGATE_MODEL_DIR", REPO / "models" / "default"))
     if not (model_dir / "model.onnx").is_file():
         pytest.fail(f"{model_dir}/model.onnx is missing: the README examples need the default model")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": redis_server.url,

@@ -29,7 +29,7 @@ from app.manifest import (
     load_manifest,
     sha256_file,
 )
-from tests.conftest import DEFAULT_MODEL_DIR
+from tests.support import DEFAULT_MODEL_DIR, SPEECH_SUFFIX
 
 Waveform = npt.NDArray[np.float32]
 SAMPLE_RATE = 16000
@@ -89,7 +89,7 @@ def session(manifest: ModelManifest) -> ort.InferenceSession:
 @pytest.fixture(scope="module")
 def waves(speech_dir: Path) -> dict[str, Waveform]:
     out: dict[str, Waveform] = {}
-    for path in sorted(speech_dir.glob("*/*.wav")):
+    for path in sorted(speech_dir.glob(f"*/*{SPEECH_SUFFIX}")):
         wav, sr = sf.read(path, dtype="float32")
         assert sr == SAMPLE_RATE
         out[path.relative_to(speech_dir).as_posix()] = wav

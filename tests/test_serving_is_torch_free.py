@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import app
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 
 TORCH_SIDE = ("app.modeling", "app.export")
 
