@@ -247,7 +247,9 @@ def build_tiny_model(model_dir: Path, name: str = "tiny-test") -> Path:
 
 def default_model_dir() -> Path:
     if not (DEFAULT_MODEL_DIR / "model.onnx").is_file():
-        raise FileNotFoundError(f"default model missing at {DEFAULT_MODEL_DIR} (it is part of the repository: re-clone)")
+        raise FileNotFoundError(
+            f"default model missing at {DEFAULT_MODEL_DIR} (it is part of the repository: re-clone)"
+        )
     return DEFAULT_MODEL_DIR
 
 
