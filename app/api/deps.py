@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from app.api.forms import EnrollForm, IdentifyForm, VerifyForm, read_form
 from app.api.state import STATE_KEY, AppState
 from app.speakers import Waiting
-from app.store.keys import validate_speaker_id
+from app.store.keys import SPEAKER_ID_PATTERN
 
 # Set by the request middleware when the request arrived: the deadline covers the whole request.
 ARRIVED_KEY = "arrived_monotonic"
@@ -42,12 +42,9 @@ def request_waiting(request: Request, state: State) -> Waiting:
 RequestWaiting = Annotated[Waiting, Depends(request_waiting)]
 
 
-def speaker_id_path(speaker_id: str) -> str:
-    """The path's speaker id, refused with 422 ``invalid_speaker_id`` when malformed."""
-    return validate_speaker_id(speaker_id)
-
-
-SpeakerIdPath = Annotated[str, Depends(speaker_id_path)]
+# The pattern is declared (and enforced) by FastAPI; app.api.problems answers a mismatch with
+# 422 ``invalid_speaker_id``, as for a malformed id in a form.
+SpeakerIdPath = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="An enrolled speaker's id.")]
 
 
 async def enroll_form(request: Request, state: State) -> EnrollForm:

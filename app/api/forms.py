@@ -12,6 +12,8 @@ blank values count as absent. Errors become 422 problems: ``invalid_speaker_id``
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import re
@@ -36,7 +38,7 @@ from starlette.requests import Request
 from app.api.multipart import FormContents, UploadedFile, read_multipart
 from app.errors import InvalidRequest, InvalidSpeakerId
 from app.settings import Settings
-from app.store.keys import SPEAKER_ID_PATTERN
+from app.store.keys import SPEAKER_ID_PATTERN, invalid_speaker_id
 
 FormT = TypeVar("FormT", bound="Form")
 
@@ -122,12 +124,15 @@ class Form(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     @classmethod
+    def file_fields(cls) -> frozenset[str]:
+        return _file_fields(cls)
+
+    @classmethod
     def max_files(cls) -> int:
         """Most file parts a valid form has (the multipart reader stops beyond it)."""
         total = 0
-        for name, info in cls.model_fields.items():
-            if not _is_file_field(cls, name):
-                continue
+        for name in cls.file_fields():
+            info = cls.model_fields[name]
             limit = next((m.max_length for m in info.metadata if hasattr(m, "max_length")), None)
             total += (limit or 1) if _is_list(info.annotation) else 1
         return total
@@ -142,6 +147,16 @@ class EnrollForm(Form):
 
 
 class VerifyForm(Form):
+    # Exactly one of the two, written so that schema-driven clients (schemathesis) generate it.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["speaker_id"], "not": {"required": ["reference"]}},
+                {"required": ["reference"], "not": {"required": ["speaker_id"]}},
+            ]
+        }
+    )
+
     audio: AudioFile
     speaker_id: SpeakerId | None = Field(None, description="Compare against this enrolled speaker ...")
     reference: AudioFile | None = Field(None, description="... or against this second recording.")
@@ -187,7 +202,7 @@ def build_forms(settings: Settings) -> Forms:
         metadata: Annotated[
             dict[str, Any] | None,
             BeforeValidator(limited_metadata),
-            WithJsonSchema({"type": "string", "contentMediaType": "application/json"}),
+            WithJsonSchema({"type": "object"}),
         ] = Field(
             None,
             description=f"JSON object stored with the speaker (replaces earlier metadata): at most "
@@ -215,10 +230,19 @@ def _is_list(annotation: Any) -> bool:
     return typing.get_origin(_strip_optional(annotation)) is list
 
 
+@functools.cache
+def _file_fields(model: type[Form]) -> frozenset[str]:
+    """Fields whose schema is binary (``AudioFile`` or a list of them)."""
+    names = set()
+    for name, schema in model.model_json_schema()["properties"].items():
+        variants = [schema, schema.get("items", {}), *schema.get("anyOf", [])]
+        if any(v.get("format") == "binary" for v in variants):
+            names.add(name)
+    return frozenset(names)
+
+
 def _is_file_field(model: type[Form], name: str) -> bool:
-    schema = model.model_json_schema()["properties"][name]
-    variants = [schema, schema.get("items", {}), *schema.get("anyOf", [])]
-    return any(v.get("format") == "binary" for v in variants)
+    return name in _file_fields(model)
 
 
 def _form_input(model: type[Form], contents: FormContents) -> dict[str, Any]:
@@ -247,11 +271,7 @@ def _problem(model: type[Form], error: dict[str, Any]) -> InvalidRequest | Inval
         kind = "file field" if loc and _is_file_field(model, loc[0]) else "form field"
         return InvalidRequest(f"{kind} {where!r} is required")
     if loc and loc[0] in _SPEAKER_ID_FIELDS and error.get("type") == "string_pattern_mismatch":
-        return InvalidSpeakerId(
-            "speaker_id must be 1-128 characters of letters, digits, '_', '.', '@' or '-', "
-            "starting with a letter or digit",
-            pattern=SPEAKER_ID_PATTERN,
-        )
+        return invalid_speaker_id()
     return InvalidRequest(f"{where}: {message}" if where else message)
 
 
@@ -264,15 +284,37 @@ def validate_form(model: type[FormT], contents: FormContents) -> FormT:
 
 async def read_form(request: Request, model: type[FormT], *, max_file_bytes: int) -> FormT:
     """Stream the multipart body in (limits enforced while reading), then validate it as ``model``."""
-    contents = await read_multipart(request, max_file_bytes=max_file_bytes, max_files=model.max_files())
+    contents = await read_multipart(
+        request, max_file_bytes=max_file_bytes, max_files=model.max_files(), file_fields=model.file_fields()
+    )
     return validate_form(model, contents)
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A multipart field is absent or present; "null" is no value a form part can have."""
+    variants = schema.get("anyOf")
+    if variants is None:
+        return schema
+    kept = [v for v in variants if v.get("type") != "null"]
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
+
+
 def openapi_body(model: type[Form]) -> dict[str, Any]:
-    """``openapi_extra`` for a route whose body is ``model`` as multipart/form-data."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": model.model_json_schema()}},
-        }
+    """``openapi_extra`` for a route whose body is ``model`` as multipart/form-data.
+
+    Object fields (metadata) are JSON-encoded parts; ``json_schema_extra`` of the model can add
+    combinators (verify: exactly one of speaker_id / reference).
+    """
+    schema = copy.deepcopy(model.model_json_schema())
+    properties = {name: _without_null(prop) for name, prop in schema.get("properties", {}).items()}
+    schema["properties"] = properties
+    encoding = {
+        name: {"contentType": "application/json"}
+        for name, prop in properties.items()
+        if prop.get("type") == "object"
     }
+    media: dict[str, Any] = {"schema": schema}
+    if encoding:
+        media["encoding"] = encoding
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": media}}}

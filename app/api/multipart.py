@@ -60,8 +60,11 @@ class _Part:
 
 
 class _Collector:
-    def __init__(self, charset: str, max_file_bytes: int, max_files: int) -> None:
+    def __init__(
+        self, charset: str, max_file_bytes: int, max_files: int, file_fields: frozenset[str]
+    ) -> None:
         self.charset = charset
+        self.file_fields = file_fields
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self.contents = FormContents()
@@ -97,9 +100,11 @@ class _Collector:
         if b"name" not in options:
             raise InvalidRequest('a form part lacks the Content-Disposition "name"')
         self.part.name = self._decode(options[b"name"])
-        if b"filename" in options:
+        # A part is a file when it says so (a filename) or when the form declares that field a file.
+        if b"filename" in options or self.part.name in self.file_fields:
             self.part.is_file = True
-            self.part.filename = self._decode(options[b"filename"])
+            if b"filename" in options:
+                self.part.filename = self._decode(options[b"filename"])
             self.n_files += 1
             if self.n_files > self.max_files:
                 raise InvalidRequest(f"too many files: at most {self.max_files} per request")
@@ -145,7 +150,9 @@ def _text_charset(raw: bytes) -> str:
     return name
 
 
-async def read_multipart(request: Request, *, max_file_bytes: int, max_files: int) -> FormContents:
+async def read_multipart(
+    request: Request, *, max_file_bytes: int, max_files: int, file_fields: frozenset[str] = frozenset()
+) -> FormContents:
     content_type = request.headers.get("content-type", "")
     media_type, params = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
@@ -165,7 +172,7 @@ async def read_multipart(request: Request, *, max_file_bytes: int, max_files: in
         )
 
     charset = _text_charset(params.get(b"charset", b"utf-8"))
-    collector = _Collector(charset, max_file_bytes, max_files)
+    collector = _Collector(charset, max_file_bytes, max_files, file_fields)
     callbacks: MultipartCallbacks = {
         "on_part_begin": collector.on_part_begin,
         "on_part_data": collector.on_part_data,

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from app.errors import Overloaded, VoxGateError
+from app.store.keys import invalid_speaker_id
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    if first.get("type") == "string_pattern_mismatch" and first["loc"][-1:] == ["speaker_id"]:
+        error = invalid_speaker_id()
+        return problem_response(
+            request,
+            status=error.status,
+            code=error.code,
+            title=error.title,
+            detail=error.detail,
+            extra=error.extra,
+        )
     where = ".".join(str(p) for p in first["loc"])
     return problem_response(
         request,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from app.selfcheck import SelfCheckResult
 
 ScoreType = Literal["cosine"]
 
@@ -105,6 +108,36 @@ class ReadyChecks(_Out):
     index_synced: bool = Field(description="The identification index reached Redis on its last poll.")
 
 
+class SelfCheckReport(_Out):
+    """The start-up self-check (``app.selfcheck``): the graph embedded its bundle's probe on the serving
+    provider and was compared with the float32 model's reference embeddings."""
+
+    passed: bool | None = Field(
+        description="true: the probe's embeddings matched; null: not checked (the bundle has no probe). "
+        "A failed check stops start-up, so it is never false on a running service."
+    )
+    cosine: float | None = Field(description="Worst probe clip's cosine to its reference embedding.")
+    threshold: float | None = Field(description="The cosine it had to reach for this precision.")
+    provider: str
+    precision: Literal["fp32", "fp16", "int8"]
+    detail: str | None = Field(None, description="Why the graph was not checked.")
+
+    @classmethod
+    def of(cls, result: SelfCheckResult | None) -> SelfCheckReport | None:
+        if result is None:
+            return None
+        return cls.model_validate(
+            {
+                "passed": result.passed,
+                "cosine": result.cosine,
+                "threshold": result.threshold,
+                "provider": result.provider,
+                "precision": result.precision,
+                "detail": None if result.passed else result.detail,
+            }
+        )
+
+
 class Readiness(_Out):
     ready: bool
     checks: ReadyChecks
@@ -112,4 +145,5 @@ class Readiness(_Out):
     model: str
     precision: Literal["fp32", "fp16", "int8"] = Field(description="Numeric precision of the served graph.")
     speakers_indexed: int
+    selfcheck: SelfCheckReport | None = Field(None, description="The start-up self-check's result.")
     detail: str | None = None

@@ -16,13 +16,18 @@ SPEAKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 _SPEAKER_ID_RE = re.compile(SPEAKER_ID_PATTERN)
 
 
+def invalid_speaker_id() -> InvalidSpeakerId:
+    """The one error for a malformed speaker id, wherever it was given (form, path, query)."""
+    return InvalidSpeakerId(
+        "speaker_id must be 1-128 characters of letters, digits, '_', '.', '@' or '-', "
+        "starting with a letter or digit",
+        pattern=SPEAKER_ID_PATTERN,
+    )
+
+
 def validate_speaker_id(speaker_id: str) -> str:
     if not _SPEAKER_ID_RE.fullmatch(speaker_id):
-        raise InvalidSpeakerId(
-            "speaker_id must be 1-128 characters of letters, digits, '_', '.', '@' or '-', "
-            "starting with a letter or digit",
-            pattern=SPEAKER_ID_PATTERN,
-        )
+        raise invalid_speaker_id()
     return speaker_id
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import State
-from app.api.schemas import Health, Readiness, ReadyChecks
+from app.api.schemas import Health, Readiness, ReadyChecks, SelfCheckReport
 
 router = APIRouter(tags=["operations"])
 
@@ -35,6 +35,7 @@ async def readyz(state: State) -> Response:
         model=state.model_key,
         precision=state.manifest.precision,
         speakers_indexed=state.tenants.indexed_speakers(),
+        selfcheck=SelfCheckReport.of(state.engine.selfcheck),
         detail=None if ready else f"not ready: {', '.join(failing)}",
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
