@@ -1,4 +1,4 @@
-"""The ``voxgate`` command: ``serve``, ``export`` and ``embed``.
+"""The ``voxgate`` command: ``serve``, ``export``, ``embed`` and ``selfcheck``.
 
 Each sub-command imports its implementation lazily, so ``voxgate serve`` never imports torch.
 """
@@ -69,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help="print embeddings of audio files as JSON lines")
     embed.add_argument("--model", type=Path, help="model directory (default: models/default)")
     embed.add_argument("files", nargs="+", type=Path)
+
+    selfcheck = sub.add_parser(
+        "selfcheck",
+        help="check that this host computes what the model's graph computed at export (exit 0/1)",
+        description="Embed the bundle's probe on the execution provider the service would use and compare "
+        "with the probe's reference embeddings, as `voxgate serve` does before it becomes ready.",
+    )
+    selfcheck.add_argument("--model", type=Path, help="model directory (default: models/default)")
+    selfcheck.add_argument(
+        "--providers",
+        metavar="LIST",
+        help='execution providers as VOXGATE_PROVIDERS takes them ("cuda,cpu", "auto", ...); '
+        "default: the settings",
+    )
+    selfcheck.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
 
@@ -103,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.embed_command import run_embed
 
         return run_embed(model_dir=args.model, files=args.files)
+    if args.command == "selfcheck":
+        from app.selfcheck_command import run_selfcheck_command
+
+        return run_selfcheck_command(model_dir=args.model, providers=args.providers, as_json=args.json)
     raise AssertionError(args.command)
 
 

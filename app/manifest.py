@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 GRAPH_FILE = "model.onnx"
+PROBE_FILE = "probe.flac"
 MANIFEST_FORMAT = 1
 
 # The graph interface every VoxGate model exports (names are part of the contract).
@@ -47,6 +48,46 @@ class QuantizationInfo(BaseModel):
     )
 
 
+class ProbeClip(BaseModel):
+    """One clip of the probe audio and the embedding the float32 reference model gives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: int = Field(ge=0, description="First sample of the clip in the probe file.")
+    end: int = Field(gt=0, description="One past the clip's last sample.")
+    source: str = Field(description="Where the clip's speech comes from (corpus, utterance, licence).")
+    reference: tuple[float, ...] = Field(
+        min_length=1, description="The reference model's (raw, not normalised) embedding of the clip alone."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ProbeClip:
+        if self.end <= self.start:
+            raise ValueError(f"probe clip [{self.start}, {self.end}) is empty")
+        return self
+
+
+class ProbeInfo(BaseModel):
+    """The start-up self-check's probe: real speech stored beside the graph, and what it must embed to.
+
+    Not part of the model key: the key names the graph, and the probe only checks that a host still runs
+    that graph as it ran at export (``app.selfcheck``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = Field(
+        default=PROBE_FILE,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description="The probe audio (16-bit FLAC), a file name beside model.onnx.",
+    )
+    sha256: str = Field(description="sha256 of the probe file: a swapped or damaged probe is refused.")
+    sample_rate: int = Field(gt=0)
+    clips: tuple[ProbeClip, ...] = Field(min_length=1)
+    reference_model: str = Field(description="The float32 model that computed the reference embeddings.")
+    attribution: str = Field(description="Where the probe's speech comes from, and its licence.")
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +103,9 @@ class ModelManifest(BaseModel):
     output_names: tuple[str] = (EMBEDDING_OUTPUT,)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     quantization: QuantizationInfo | None = Field(None, description="Set for int8 graphs.")
+    probe: ProbeInfo | None = Field(
+        None, description="Self-check probe (absent in bundles exported before probes existed)."
+    )
     opset: int
     default_threshold: float = Field(ge=-1.0, le=1.0, description="Cosine threshold for a match.")
     threshold_source: str = Field(description="Where default_threshold comes from.")

@@ -196,7 +196,7 @@ def test_voxgate_entry_point_is_installed() -> None:
     voxgate = Path(sys.executable).parent / "voxgate"
     result = subprocess.run([str(voxgate), "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    for sub in ("serve", "export", "embed"):
+    for sub in ("serve", "export", "embed", "selfcheck"):
         assert sub in result.stdout
 
 
@@ -208,7 +208,7 @@ def test_voxgate_command_parses(command: Command) -> None:
         args = build_parser().parse_args(list(tokens[1:]))
     except SystemExit as exc:  # argparse reports the bad flag on stderr and exits 2
         pytest.fail(f"`{command}` is rejected by the CLI parser (exit {exc.code})")
-    assert args.command in {"serve", "export", "embed"}
+    assert args.command in {"serve", "export", "embed", "selfcheck"}
 
 
 @pytest.mark.parametrize("command", [c for c in _commands("voxgate") if "embed" in c.tokens], ids=str)
@@ -221,6 +221,15 @@ def test_voxgate_embed_runs(command: Command) -> None:
     files = [t for t in command.tokens if t.endswith((".wav", ".flac"))]
     assert files, f"`{command}` embeds no audio file"
     assert len(lines) == len(files)
+
+
+@pytest.mark.parametrize("command", [c for c in _commands("voxgate") if "selfcheck" in c.tokens], ids=str)
+def test_voxgate_selfcheck_runs(command: Command) -> None:
+    tokens = list(command.tokens)
+    tokens[0] = str(Path(sys.executable).parent / "voxgate")
+    result = subprocess.run(tokens, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("self-check passed: model "), result.stdout
 
 
 # --- generated README parts ---------------------------------------------------------------------------

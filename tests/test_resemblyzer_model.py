@@ -230,9 +230,18 @@ def test_reexport_gives_the_committed_embeddings(
 
     pretrained = _pretrained_path()
     fresh = export_resemblyzer(pretrained, tmp_path)
-    assert fresh.model_dump(exclude={"graph_sha256", "exporter"}) == manifest.model_dump(
-        exclude={"graph_sha256", "exporter"}
+    assert fresh.model_dump(exclude={"graph_sha256", "exporter", "probe"}) == manifest.model_dump(
+        exclude={"graph_sha256", "exporter", "probe"}
     )
+    # The self-check probe: the same audio; its references recomputed by Resemblyzer on this CPU.
+    assert fresh.probe is not None
+    assert manifest.probe is not None
+    unversioned = {"clips", "reference_model"}  # reference_model names the torch build, as exporter does
+    assert fresh.probe.model_dump(exclude=unversioned) == manifest.probe.model_dump(exclude=unversioned)
+    assert fresh.probe.reference_model.startswith("resemblyzer 0.1.4 VoiceEncoder")
+    for new, old in zip(fresh.probe.clips, manifest.probe.clips, strict=True):
+        assert (new.start, new.end, new.source) == (old.start, old.end, old.source)
+        np.testing.assert_allclose(new.reference, old.reference, atol=1e-5)
     fresh_session = ort.InferenceSession(str(tmp_path / GRAPH_FILE), providers=["CPUExecutionProvider"])
     picked = [w for _, w in sorted(waves.items())[::9]]
     committed = _embed(session, picked)

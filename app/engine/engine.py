@@ -20,6 +20,7 @@ from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
 from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
 from app.manifest import ModelManifest
+from app.selfcheck import SelfCheckResult, run_selfcheck
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class EmbeddingEngine:
         warmup: bool = True,
         max_audio_seconds: float = 300.0,
         metrics: EngineMetrics | None = None,
+        model_dir: Path | None = None,  # the bundle, whose probe the start-up self-check embeds
     ) -> None:
         self.manifest = manifest
         self.backend = backend
@@ -56,17 +58,18 @@ class EmbeddingEngine:
         self._min_samples = max(1, round(MIN_SECONDS * manifest.sample_rate))
         seg = self.policy.segment_samples
         max_samples = seg if seg is not None else math.ceil(max_audio_seconds * manifest.sample_rate)
-        warm: Callable[[], object] | None = None
-        if warmup:
+        self.selfcheck: SelfCheckResult | None = None
 
-            def warm() -> object:
-                return backend.warmup(
+        def start_up() -> None:  # on the worker thread, before it takes requests
+            if warmup:
+                backend.warmup(
                     max_batch_size=self.config.max_batch_size,
                     max_samples=max_samples,
                     max_batch_samples=self.config.max_batch_samples,
                 )
+            self.selfcheck = run_selfcheck(backend, manifest, model_dir)  # raises: start-up fails
 
-        self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=warm)
+        self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=start_up)
         self._started = False
 
     @classmethod
@@ -93,6 +96,7 @@ class EmbeddingEngine:
             warmup=config.warmup,
             max_audio_seconds=config.max_audio_seconds,
             metrics=EngineMetrics(registry),
+            model_dir=config.model_dir,
         )
 
     # --- state -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from app.export.onnx_common import export_bundle
+from app.export.probe import torch_reference, write_probe
 from app.manifest import ModelManifest
 from app.modeling.nemo_archive import load_config
 from app.modeling.speaker_model import SpeakerModel, build_speaker_model, init_like_nemo, load_nemo_model
@@ -88,6 +89,12 @@ class SourceInfo:
 
 
 def export_model(model: SpeakerModel, out: Path, *, precision: Precision, info: SourceInfo) -> ModelManifest:
+    # The self-check probe's references come from the float32 model, before an fp16 graph halves it.
+    probe = write_probe(
+        out,
+        torch_reference(EmbeddingGraph(model, "fp32")),
+        reference_model=f"{model.architecture}, PyTorch float32 eager (torch {torch.__version__})",
+    )
     graph = EmbeddingGraph(model, precision)
     manifest = export_bundle(
         graph,
@@ -105,6 +112,7 @@ def export_model(model: SpeakerModel, out: Path, *, precision: Precision, info: 
         segment_overlap_seconds=0.0,
         license=info.license,
         attribution=info.attribution,
+        probe=probe,
     )
     log.info("exported %s (%s, %s) to %s", info.name, model.architecture, precision, out)
     return manifest

@@ -45,6 +45,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from app.audio import TARGET_SAMPLE_RATE, decode_audio
 from app.errors import VoxGateError
+from app.export.probe import copy_probe
 from app.manifest import (
     AUDIO_INPUT,
     GRAPH_FILE,
@@ -429,6 +430,7 @@ def quantize_bundle(
         )
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), out / GRAPH_FILE)
+        copy_probe(fp32_dir, out, fp32)  # the self-check probe and its float32 references
     worst, mean = min(result.cosines), float(np.mean(result.cosines))
     log.info("int8 vs fp32 on held-out audio: min cosine %.6f, mean %.6f", worst, mean)
     manifest = fp32.model_copy(

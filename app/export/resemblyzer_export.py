@@ -7,12 +7,16 @@ averaging all inside the graph). models/README.md records how models/default was
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from app.export.onnx_common import export_bundle
+from app.export.probe import EmbedClip, torch_reference, write_probe
 from app.manifest import ModelManifest, sha256_file
 from app.modeling.ge2e import EMBEDDING_DIM, GE2EEmbedder
 
@@ -68,6 +72,8 @@ def export_resemblyzer(
         )
     path = Path(path)
     model = load_pretrained(path)
+    embed_clip, reference_model = _probe_reference(path, model)
+    probe = write_probe(Path(out), embed_clip, reference_model=reference_model)
     manifest = export_bundle(
         model,
         Path(out),
@@ -84,6 +90,29 @@ def export_resemblyzer(
         segment_overlap_seconds=0.0,
         license=LICENSE,
         attribution=ATTRIBUTION,
+        probe=probe,
     )
     log.info("exported %s (%s) to %s", manifest.name, ARCHITECTURE, out)
     return manifest
+
+
+def _probe_reference(path: Path, model: GE2EEmbedder) -> tuple[EmbedClip, str]:
+    """What computes the self-check probe's reference embeddings: Resemblyzer's own encoder on the same
+    weights (the ``reference`` extra) when it is installed, else the float32 PyTorch module traced here."""
+    try:
+        from resemblyzer import VoiceEncoder, normalize_volume
+    except ImportError:
+        log.warning("resemblyzer not installed: the probe's references come from the traced PyTorch module")
+        return torch_reference(model), f"GE2EEmbedder, PyTorch float32 eager (torch {torch.__version__})"
+    encoder = VoiceEncoder("cpu", verbose=False, weights_fpath=path)
+
+    def embed(wave: npt.NDArray[np.float32]) -> npt.ArrayLike:
+        # The graph's own volume normalisation, then Resemblyzer's embed_utterance (no silence trimming).
+        result: npt.ArrayLike = encoder.embed_utterance(normalize_volume(wave, -30, increase_only=True))
+        return result
+
+    version = importlib.metadata.version("resemblyzer")
+    return embed, (
+        f"resemblyzer {version} VoiceEncoder('cpu').embed_utterance(normalize_volume(wav, -30, "
+        f"increase_only=True)) on {path.name}, float32 (torch {torch.__version__})"
+    )
