@@ -9,6 +9,7 @@ import ctypes
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -18,8 +19,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.engine.config import EngineConfig
+from app.engine.shapes import ShapePlan
 from app.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
-from app.settings import ProviderName
+from app.settings import CudnnConvAlgoSearch, ProviderName
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,16 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 _PROVIDER_NAMES: dict[str, str] = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
 
-# Length buckets: the samples dimension of a batch is padded up to a multiple of this. On GPUs a
-# coarse step keeps the set of shapes small, so TensorRT profiles / cuDNN algorithm choices are reused
-# and warm-up can visit every shape. On CPU each padded sample is paid in compute and shape changes
-# cost nothing, so the step is fine (one 100 ms unit: <= 3 % waste on a 3 s utterance).
-GPU_BUCKET_SECONDS = 1.0
+# Length buckets. On GPUs a small, fixed set of shapes (``app.engine.shapes.ShapePlan``: lengths in
+# ~25 % steps, batch sizes in powers of two), so TensorRT profiles / cuDNN algorithm choices are reused
+# and warm-up visits every shape. On CPU each padded sample is paid in compute and shape changes cost
+# nothing, so the samples dimension is padded to a fine step (100 ms: <= 3 % waste on a 3 s utterance).
 CPU_BUCKET_SECONDS = 0.1
+# The longest length a GPU shape plan covers when the backend is given none (``max_samples``).
+GPU_PLAN_DEFAULT_SECONDS = 30.0
+# Without a setting: cuDNN's heuristic pick, no timed trials, so start-up and any unplanned shape stay
+# cheap; gpu_check (bench/gpu_check.py) measures it against EXHAUSTIVE. See docs/performance.md.
+DEFAULT_CUDNN_CONV_ALGO_SEARCH: CudnnConvAlgoSearch = "HEURISTIC"
 
 
 class ProviderUnavailable(RuntimeError):
@@ -153,7 +159,12 @@ class OnnxBackend:
         tensorrt_cache_dir: Path | None = None,
         max_batch_size: int = 32,
         max_samples: int | None = None,
+        max_batch_samples: int | None = None,
+        cudnn_conv_algo_search: CudnnConvAlgoSearch = DEFAULT_CUDNN_CONV_ALGO_SEARCH,
+        plan_shapes: bool | None = None,
     ) -> None:
+        """``plan_shapes``: run every batch as a shape of a ``ShapePlan``; None = on CUDA/TensorRT only
+        (True on CPU shows what the plan's padding costs there, and lets tests run it)."""
         self.manifest = manifest
         self._dim = manifest.embedding_dim
         chosen = resolve_providers(providers)
@@ -164,10 +175,15 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's warnings about shape inference are noise here
-        gpu = chosen[0] in (CUDA, TENSORRT)
-        step_seconds = GPU_BUCKET_SECONDS if gpu else CPU_BUCKET_SECONDS
-        self._bucket_step = max(1, round(step_seconds * manifest.sample_rate))
         self._max_samples = max_samples
+        self._cudnn_conv_algo_search = cudnn_conv_algo_search
+        self._cpu_step = max(1, round(CPU_BUCKET_SECONDS * manifest.sample_rate))
+        # GPU: the fixed set of shapes this session runs (None on CPU).
+        self._plan: ShapePlan | None = None
+        if plan_shapes or (plan_shapes is None and chosen[0] in (CUDA, TENSORRT)):
+            top = max_samples or round(GPU_PLAN_DEFAULT_SECONDS * manifest.sample_rate)
+            budget = max_batch_samples or max_batch_size * top
+            self._plan = ShapePlan(manifest.sample_rate, top, max_batch_size, budget)
         provider_args = [
             (name, self._provider_options(name, tensorrt_cache_dir, max_batch_size, max_samples))
             for name in chosen
@@ -181,6 +197,8 @@ class OnnxBackend:
         # ORT silently falls back when a provider fails to initialise; report what really runs.
         self._provider: str = self._session.get_providers()[0]
         self._use_io_binding = self._provider in (CUDA, TENSORRT)
+        if self._provider == CPU and plan_shapes is None:
+            self._plan = None  # fell back to CPU: its fine buckets, no planned shapes
         if self._provider != chosen[0]:
             log.warning("execution provider %s requested but session runs on %s", chosen[0], self._provider)
         if manifest.precision == "int8" and self._provider == CUDA:
@@ -192,7 +210,9 @@ class OnnxBackend:
                 "provider": self._provider,
                 "providers": self._session.get_providers(),
                 "intra_op_threads": threads,
-                "bucket_samples": self._bucket_step,
+                "bucket_samples": self.bucket_step,
+                "planned_shapes": None if self._plan is None else len(self._plan.shapes),
+                "cudnn_conv_algo_search": self._cudnn_conv_algo_search if self._provider == CUDA else None,
                 "model": manifest.name,
             },
         )
@@ -213,6 +233,8 @@ class OnnxBackend:
             tensorrt_cache_dir=options.tensorrt_cache_dir,
             max_batch_size=options.max_batch_size,
             max_samples=math.ceil(longest * manifest.sample_rate),
+            max_batch_samples=round(config.max_batch_audio_seconds * manifest.sample_rate),
+            cudnn_conv_algo_search=options.cudnn_conv_algo_search,
         )
 
     def _provider_options(
@@ -236,14 +258,14 @@ class OnnxBackend:
                 # One explicit profile covering every bucket: no engine rebuild when a new shape shows up.
                 top = self.bucket(max_samples)
                 opts.update(
-                    trt_profile_min_shapes=f"audio:1x{self._bucket_step},lengths:1",
+                    trt_profile_min_shapes=f"audio:1x{self.bucket_step},lengths:1",
                     trt_profile_opt_shapes=f"audio:{max_batch_size}x{top},lengths:{max_batch_size}",
                     trt_profile_max_shapes=f"audio:{max_batch_size}x{top},lengths:{max_batch_size}",
                 )
             return opts
         if name == CUDA:
-            # Exhaustive cuDNN search pays off because buckets keep the set of shapes small.
-            return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+            # Searched once per convolution and input shape; the shape plan keeps those few.
+            return {"cudnn_conv_algo_search": self._cudnn_conv_algo_search, "do_copy_in_default_stream": True}
         return {}
 
     def _check_io(self) -> None:
@@ -270,16 +292,27 @@ class OnnxBackend:
 
     @property
     def bucket_step(self) -> int:
-        return self._bucket_step
+        """The smallest length bucket (CPU: every bucket is a multiple of it)."""
+        return self._plan.lengths[0] if self._plan is not None else self._cpu_step
+
+    @property
+    def shape_plan(self) -> ShapePlan | None:
+        """The shapes a GPU session runs (None on CPU)."""
+        return self._plan
 
     def bucket(self, n_samples: int) -> int:
-        step = self._bucket_step
+        if self._plan is not None:
+            return self._plan.bucket(n_samples)
+        step = self._cpu_step
         return max(step, -(-n_samples // step) * step)
 
     def embed(self, audio: Float32Array, lengths: Int64Array) -> Float32Array:
         if audio.ndim != 2 or lengths.shape != (audio.shape[0],):
             raise ValueError(f"bad batch shapes audio {audio.shape}, lengths {lengths.shape}")
         # Callers pad to ``bucket`` (``run_padded``); any width runs, the graph masks by ``lengths``.
+        rows = audio.shape[0]
+        if self._plan is not None:
+            audio, lengths = self._to_planned_shape(audio, lengths)
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
         if self._use_io_binding:
@@ -289,7 +322,22 @@ class OnnxBackend:
         result = np.asarray(out, dtype=np.float32)
         if result.shape != (audio.shape[0], self._dim):
             raise ManifestError(f"graph returned {result.shape}, want {(audio.shape[0], self._dim)}")
-        return result
+        return result[:rows]
+
+    def _to_planned_shape(self, audio: Float32Array, lengths: Int64Array) -> tuple[Float32Array, Int64Array]:
+        """GPU: grow a batch to its planned shape (a shape warm-up ran), so no request pays a first-run
+        cost (a cuDNN search): zero columns up to the length bucket, copies of the first row up to the
+        planned batch size (their outputs are dropped). The graph masks by ``lengths``."""
+        assert self._plan is not None
+        rows, width = audio.shape
+        want_rows, want_width = self._plan.run_shape(rows, width)
+        if want_width > width:
+            audio = np.pad(audio, ((0, 0), (0, want_width - width)))
+        if want_rows > rows:
+            extra = want_rows - rows
+            audio = np.concatenate([audio, np.repeat(audio[:1], extra, axis=0)])
+            lengths = np.concatenate([lengths, np.repeat(lengths[:1], extra)])
+        return audio, lengths
 
     def _run_bound(self, audio: Float32Array, lengths: Int64Array) -> Float32Array:
         # Inputs copied host->device once, output left on the device and copied back once.
@@ -306,30 +354,39 @@ class OnnxBackend:
     ) -> list[tuple[int, int]]:
         """(batch, samples) shapes to run before serving.
 
-        GPU: every length bucket up to ``max_samples`` at batch sizes 1, 2, 4, ... max (within the
-        padded-audio budget), so cuDNN/TensorRT tuning happens now, not on a user request.
+        GPU: every shape of the session's plan (``shape_plan``; 73 for a 30 s segment, batches of up
+        to 32 and 240 s of padded audio) within these limits, largest first, so cuDNN/TensorRT choices
+        are made now, not on a user request; ``embed`` runs every batch as one of them.
         CPU: shape changes are cheap, so only the smallest and the largest length, at batch 1 and 2,
         to grow the memory arena and let the thread pool spin up.
         """
         top = self.bucket(min(max_samples, self._max_samples or max_samples))
-        if self._provider == CPU:
-            lengths = sorted({self._bucket_step, top})
+        if self._plan is None:
+            lengths = sorted({self._cpu_step, top})
             return [(b, n) for n in lengths for b in sorted({1, min(2, max_batch_size)})]
-        batch_sizes = sorted({min(2**k, max_batch_size) for k in range(max_batch_size.bit_length() + 1)})
-        shapes: list[tuple[int, int]] = []
-        for n in range(self._bucket_step, top + 1, self._bucket_step):
-            for b in batch_sizes:
-                if b == 1 or b * n <= max_batch_samples:
-                    shapes.append((b, n))
-        return shapes
+        return [
+            (b, n)
+            for b, n in self._plan.shapes
+            if n <= top and b <= max_batch_size and (b == 1 or b * n <= max_batch_samples)
+        ]
 
     def warmup(self, *, max_batch_size: int, max_samples: int, max_batch_samples: int) -> int:
         shapes = self.warmup_shapes(
             max_batch_size=max_batch_size, max_samples=max_samples, max_batch_samples=max_batch_samples
         )
         rng = np.random.default_rng(0)
+        started = time.perf_counter()
         for b, n in shapes:
             audio = (0.05 * rng.standard_normal((b, n))).astype(np.float32)
             self.embed(audio, np.full(b, n, dtype=np.int64))
-        log.info("warm-up done", extra={"batches": len(shapes), "provider": self._provider})
+        log.info(
+            "warm-up done",
+            extra={
+                "batches": len(shapes),
+                "audio_seconds": round(sum(b * n for b, n in shapes) / self.manifest.sample_rate, 1),
+                "seconds": round(time.perf_counter() - started, 2),
+                "provider": self._provider,
+                "cudnn_conv_algo_search": self._cudnn_conv_algo_search if self._provider == CUDA else None,
+            },
+        )
         return len(shapes)
