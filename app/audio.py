@@ -19,7 +19,9 @@ Everything here is blocking CPU work: callers run it in a thread pool, never on 
 from __future__ import annotations
 
 import io
+import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,13 +114,48 @@ def _check_wav_not_truncated(data: bytes) -> None:
     raise InvalidAudio("WAV without a data chunk (truncated or corrupt)")
 
 
+@dataclass(frozen=True)
+class AudioHeader:
+    """What the container says before any sample is decoded."""
+
+    format: AudioFormat
+    sample_rate: int
+    channels: int
+    duration_s: float | None  # None when the container does not say (streamed WAV); MP3: an estimate
+
+    def decoded_bytes(self, max_seconds: float | None) -> int:
+        """Bytes of the 16 kHz float32 waveform decoding will produce (at most ``max_seconds`` of it)."""
+        seconds = self.duration_s if self.duration_s is not None else max_seconds
+        if seconds is None:
+            raise ValueError("duration unknown and no cap given")
+        if max_seconds is not None:
+            seconds = min(seconds, max_seconds + HEADER_SLACK_S)
+        return DECODED_BYTES_PER_SECOND * math.ceil(seconds + 1)
+
+
+# Decoding runs in blocks of at most this many samples (all channels together): memory stays bounded
+# whatever the header claims (a 65535-channel WAV would otherwise ask for gigabytes per block).
+BLOCK_SAMPLES = 1 << 18
+DECODED_BYTES_PER_SECOND = TARGET_SAMPLE_RATE * 4  # float32
+# MP3 frame counts are estimates; the exact check while decoding catches the rest.
+HEADER_SLACK_S = 1.0
+
+
 def decode_audio(
     data: bytes,
     *,
     content_type: str | None = None,
     max_seconds: float | None = None,
+    before_decoding: Callable[[AudioHeader], None] | None = None,
+    should_stop: Callable[[], None] | None = None,
 ) -> DecodedAudio:
-    """Decode an upload to 16 kHz mono float32. Raises the 4xx errors of ``app.errors``."""
+    """Decode an upload to 16 kHz mono float32. Raises the 4xx errors of ``app.errors``.
+
+    The samples are read, mixed to mono and resampled block by block, with the duration cap checked as
+    they come, so an over-long or lying file costs at most the cap. ``before_decoding`` sees the header
+    first (the caller reserves memory for the result, or refuses); ``should_stop`` runs between blocks
+    and may raise (the request's deadline passed).
+    """
     check_content_type(content_type)
     if not data:
         raise InvalidAudio("empty upload (0 bytes)")
@@ -132,40 +169,74 @@ def decode_audio(
     buffer = io.BytesIO(data)
     try:
         with sf.SoundFile(buffer) as f:
-            sample_rate = int(f.samplerate)
-            channels = int(f.channels)
-            if channels <= 0:
-                raise InvalidAudio(f"bad stream parameters: {channels} channels")
-            if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-                raise InvalidAudio(
-                    f"unsupported sample rate {sample_rate} Hz; "
-                    f"expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
-                )
-            # MP3 frame counts are estimates; the exact check after decoding catches the rest.
-            if max_seconds is not None and f.frames > 0 and f.frames / sample_rate > max_seconds + 1.0:
-                raise AudioTooLong(
-                    f"recording is {f.frames / sample_rate:.1f} s; the limit is {max_seconds:g} s",
-                    duration_s=round(f.frames / sample_rate, 3),
-                    max_seconds=max_seconds,
-                )
-            samples = f.read(dtype="float32", always_2d=True)
+            header = _header(f, fmt, max_seconds)
+            if before_decoding is not None:
+                before_decoding(header)
+            waveform = _decode_blocks(f, header, max_seconds, should_stop)
     except (sf.LibsndfileError, RuntimeError, ValueError, EOFError, struct.error) as exc:
         # libsndfile names the file object ("<_io.BytesIO object at 0x...>"): no use to a client.
         reason = str(exc).replace(repr(buffer), "the upload")
         raise InvalidAudio(f"cannot decode {fmt.upper()} audio: {reason}") from exc
-    if samples.shape[0] == 0:
-        raise InvalidAudio("the recording holds no samples")
-    if not np.isfinite(samples).all():
-        raise InvalidAudio("the recording holds NaN or infinite samples")
-    duration = samples.shape[0] / sample_rate
-    if max_seconds is not None and duration > max_seconds:
-        raise AudioTooLong(
-            f"recording is {duration:.1f} s; the limit is {max_seconds:g} s",
-            duration_s=round(duration, 3),
-            max_seconds=max_seconds,
+    return DecodedAudio(waveform, fmt, header.sample_rate, header.channels)
+
+
+def _too_long(duration: float, max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(
+        f"recording is {duration:.1f} s; the limit is {max_seconds:g} s",
+        duration_s=round(duration, 3),
+        max_seconds=max_seconds,
+    )
+
+
+def _header(f: sf.SoundFile, fmt: AudioFormat, max_seconds: float | None) -> AudioHeader:
+    sample_rate = int(f.samplerate)
+    channels = int(f.channels)
+    if channels <= 0:
+        raise InvalidAudio(f"bad stream parameters: {channels} channels")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidAudio(
+            f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
         )
-    mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
-    if sample_rate != TARGET_SAMPLE_RATE:
-        mono = soxr.resample(mono, sample_rate, TARGET_SAMPLE_RATE, quality=RESAMPLE_QUALITY)
-    waveform = np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32)
-    return DecodedAudio(waveform, fmt, sample_rate, channels)
+    # libsndfile reports a huge frame count for WAVs whose data size is unknown (streamed: 0xFFFFFFFF).
+    frames = int(f.frames)
+    duration = frames / sample_rate if 0 < frames < 2**62 else None
+    if max_seconds is not None and duration is not None and duration > max_seconds + HEADER_SLACK_S:
+        raise _too_long(duration, max_seconds)
+    return AudioHeader(fmt, sample_rate, channels, duration)
+
+
+def _decode_blocks(
+    f: sf.SoundFile,
+    header: AudioHeader,
+    max_seconds: float | None,
+    should_stop: Callable[[], None] | None,
+) -> npt.NDArray[np.float32]:
+    rate, channels = header.sample_rate, header.channels
+    max_frames = None if max_seconds is None else math.floor(max_seconds * rate)
+    resampler = (
+        soxr.ResampleStream(rate, TARGET_SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        if rate != TARGET_SAMPLE_RATE
+        else None
+    )
+    pieces: list[npt.NDArray[np.float32]] = []
+    frames = 0
+    block_frames = max(1, BLOCK_SAMPLES // channels)
+    for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+        if should_stop is not None:
+            should_stop()
+        frames += block.shape[0]
+        if max_frames is not None and frames > max_frames:
+            raise _too_long(frames / rate, max_seconds or 0.0)
+        if not np.isfinite(block).all():
+            raise InvalidAudio("the recording holds NaN or infinite samples")
+        mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+        if resampler is not None:
+            mono = resampler.resample_chunk(mono)
+        pieces.append(np.array(mono, dtype=np.float32))  # a copy: the block buffer is reused
+    if frames == 0:
+        raise InvalidAudio("the recording holds no samples")
+    if resampler is not None:
+        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    waveform = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    np.clip(waveform, -1.0, 1.0, out=waveform)
+    return np.ascontiguousarray(waveform, dtype=np.float32)

@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from app.admission import Admission, MemoryBudget
 from app.api.forms import build_forms
+from app.api.intake import AudioIntake
 from app.api.problems import install_problem_handlers
 from app.api.routes import docs, enroll, health, identify, speakers, verify
 from app.api.state import STATE_KEY, AppState
@@ -53,16 +55,19 @@ def create_app(
     *,
     model_dir: Path | None = None,
     engine: EmbeddingEngine | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """Build the app. ``engine``: an already started engine to share (the caller starts and stops it);
-    without it the lifespan builds one from ``settings`` / ``model_dir`` and owns it."""
+    without it the lifespan builds one from ``settings`` / ``model_dir`` and owns it. ``registry``: the
+    Prometheus registry ``/metrics`` serves (``voxgate serve`` adds the HTTP connection metrics to it);
+    a new one by default."""
     settings = settings or Settings.model_validate({})
     if settings.redis_url is None:
         raise ValueError(
             "settings.redis_url is unset: `voxgate serve` starts an embedded Redis, tests pass one"
         )
     redis_url = settings.redis_url
-    registry = CollectorRegistry()
+    registry = registry if registry is not None else CollectorRegistry()
     forms = build_forms(settings)
 
     @asynccontextmanager
@@ -72,6 +77,7 @@ def create_app(
         if owns_engine:
             await eng.start()
         tenants: TenantIndexes | None = None
+        intake = AudioIntake(workers=settings.decode_workers, max_seconds=settings.max_audio_seconds)
         try:
             manifest = eng.manifest
             keys = KeySchema(settings.redis_namespace, settings.tenant, manifest.model_key())
@@ -79,7 +85,8 @@ def create_app(
             tenants = TenantIndexes(store, settings.index_sync_interval_s)
             await tenants.start(settings.tenant)
             speakers = SpeakerOperations(eng, tenants, Policy.from_settings(settings, manifest))
-            state = AppState(settings, eng, tenants, speakers, forms, registry)
+            admission = Admission(eng, MemoryBudget(settings.request_memory_bytes), settings.max_queue_wait_s)
+            state = AppState(settings, eng, tenants, speakers, forms, admission, intake, registry)
             log.info(
                 "voxgate ready",
                 extra={
@@ -94,6 +101,7 @@ def create_app(
             if tenants is not None:
                 await tenants.stop()
                 await tenants.root.close()
+            intake.close()
             if owns_engine:
                 await eng.stop()
 

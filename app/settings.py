@@ -36,6 +36,40 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
 
+    # --- HTTP connections ---
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Most open HTTP connections. A new one at the limit closes the connection idle longest; "
+        "when none is idle it gets 503. Lowered at start-up (logged) to fit the open-file limit.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Request headers must be complete this long after the connection opens, or after the "
+        "first byte of the next request on a kept-alive connection (not restarted by later bytes); else 408 "
+        "and the connection is closed.",
+    )
+    body_idle_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request body that brings no byte for this long ends the request: 408 (if no response "
+        "had started) and the connection is closed. Also cuts off a client that reads no response byte "
+        "for as long.",
+    )
+    keepalive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        description="An idle kept-alive connection is closed after this long. Longer than the 60 s idle "
+        "timeout of common proxies and load balancers, so that they close first.",
+    )
+    drain_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="On SIGTERM, idle kept-alive connections stay open this long: a request that arrives "
+        "is still served (with Connection: close), then they are closed.",
+    )
+
     # --- model and inference ---
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory holding model.onnx and manifest.json.")
     providers: list[ProviderName] | Literal["auto"] = Field(
@@ -93,6 +127,25 @@ class Settings(BaseSettings):
         4096, ge=0, description="Largest speaker metadata JSON object accepted by /enroll (bytes, UTF-8)."
     )
 
+    # --- admission: memory and time ---
+    request_memory_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes the process holds for requests at most (uploads as they are read, decoded audio, "
+        "decoding work). A request that does not fit now gets 429, one larger than this 413, before its body "
+        "is read. The default leaves room for the model and its buffers in a 6 GiB container.",
+    )
+    max_queue_wait_s: float = Field(
+        2.0,
+        gt=0,
+        description="A request whose expected wait for inference (the engine's queued audio at its measured "
+        "throughput) exceeds this is refused at once with 429 and Retry-After. Bounds the latency of the "
+        "requests that are served under overload.",
+    )
+    decode_workers: int = Field(
+        0, ge=0, description="Threads decoding uploads (and measuring their speech); 0 = number of cores."
+    )
+
     # --- decisions ---
     threshold: float | None = Field(
         None,
@@ -140,4 +193,6 @@ class Settings(BaseSettings):
     def _check_consistency(self) -> Settings:
         if self.enroll_speech_seconds < self.min_speech_seconds:
             raise ValueError("enroll_speech_seconds must be >= min_speech_seconds")
+        if self.request_memory_bytes < self.max_upload_bytes:
+            raise ValueError("request_memory_bytes must be >= max_upload_bytes (no upload could be read)")
         return self

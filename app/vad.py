@@ -16,17 +16,24 @@ ABSOLUTE_FLOOR_DB = -55.0  # dBFS: below this nothing is speech (digital silence
 DYNAMIC_RANGE_DB = 35.0  # frames this far below the loud end are pauses
 
 
+# Frames are measured this many at a time: the float64 work array stays a few MB whatever the length.
+FRAMES_PER_CHUNK = 512
+
+
 def frame_energies_db(waveform: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float64]:
     frame = round(FRAME_SECONDS * sample_rate)
     hop = round(HOP_SECONDS * sample_rate)
     if waveform.size < frame:
         return np.zeros(0)
     n = 1 + (waveform.size - frame) // hop
-    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
-    frames = waveform.astype(np.float64)[idx]
-    frames = frames - frames.mean(axis=1, keepdims=True)
-    power = np.mean(frames * frames, axis=1)
-    energies: npt.NDArray[np.float64] = 10.0 * np.log10(power + 1e-12)
+    # A strided view of every frame: no copy until a chunk of frames is measured.
+    frames = np.lib.stride_tricks.sliding_window_view(waveform, frame)[::hop][:n]
+    energies = np.empty(n, dtype=np.float64)
+    for start in range(0, n, FRAMES_PER_CHUNK):
+        chunk = frames[start : start + FRAMES_PER_CHUNK].astype(np.float64)
+        chunk -= chunk.mean(axis=1, keepdims=True)
+        power = np.mean(chunk * chunk, axis=1)
+        energies[start : start + FRAMES_PER_CHUNK] = 10.0 * np.log10(power + 1e-12)
     return energies
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import Depends, Path, Request
 
-from app.api.forms import EnrollForm, IdentifyForm, VerifyForm, read_form
+from app.admission import Admitted
+from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
+from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
 from app.speakers import Waiting
 from app.store.keys import SPEAKER_ID_PATTERN
@@ -47,16 +50,37 @@ RequestWaiting = Annotated[Waiting, Depends(request_waiting)]
 SpeakerIdPath = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="An enrolled speaker's id.")]
 
 
-async def enroll_form(request: Request, state: State) -> EnrollForm:
-    return await read_form(request, state.forms.enroll, max_file_bytes=state.settings.max_upload_bytes)
+async def admit_request(request: Request, state: State, waiting: RequestWaiting) -> AsyncIterator[Admitted]:
+    """Admission before the body is read (429/413 at once); its memory is given back when it ends."""
+    admitted = state.admission.admit(declared_length(request), waiting.deadline)
+    try:
+        yield admitted
+    finally:
+        admitted.release()
 
 
-async def verify_form(request: Request, state: State) -> VerifyForm:
-    return await read_form(request, state.forms.verify, max_file_bytes=state.settings.max_upload_bytes)
+AdmittedRequest = Annotated[Admitted, Depends(admit_request)]
 
 
-async def identify_form(request: Request, state: State) -> IdentifyForm:
-    return await read_form(request, state.forms.identify, max_file_bytes=state.settings.max_upload_bytes)
+async def _read(request: Request, state: State, admitted: Admitted, model: type[FormT]) -> FormT:
+    return await read_form(
+        request,
+        model,
+        max_file_bytes=state.settings.max_upload_bytes,
+        on_unannounced_bytes=lambda n: admitted.reservation.grow(n, "the request body"),
+    )
+
+
+async def enroll_form(request: Request, state: State, admitted: AdmittedRequest) -> EnrollForm:
+    return await _read(request, state, admitted, state.forms.enroll)
+
+
+async def verify_form(request: Request, state: State, admitted: AdmittedRequest) -> VerifyForm:
+    return await _read(request, state, admitted, state.forms.verify)
+
+
+async def identify_form(request: Request, state: State, admitted: AdmittedRequest) -> IdentifyForm:
+    return await _read(request, state, admitted, state.forms.identify)
 
 
 EnrollFormData = Annotated[EnrollForm, Depends(enroll_form)]

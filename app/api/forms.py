@@ -19,6 +19,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, Union
 
@@ -282,10 +283,20 @@ def validate_form(model: type[FormT], contents: FormContents) -> FormT:
         raise _problem(model, dict(exc.errors()[0])) from None
 
 
-async def read_form(request: Request, model: type[FormT], *, max_file_bytes: int) -> FormT:
+async def read_form(
+    request: Request,
+    model: type[FormT],
+    *,
+    max_file_bytes: int,
+    on_unannounced_bytes: Callable[[int], None] | None = None,
+) -> FormT:
     """Stream the multipart body in (limits enforced while reading), then validate it as ``model``."""
     contents = await read_multipart(
-        request, max_file_bytes=max_file_bytes, max_files=model.max_files(), file_fields=model.file_fields()
+        request,
+        max_file_bytes=max_file_bytes,
+        max_files=model.max_files(),
+        file_fields=model.file_fields(),
+        on_unannounced_bytes=on_unannounced_bytes,
     )
     return validate_form(model, contents)
 

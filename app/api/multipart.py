@@ -9,14 +9,15 @@ the whole request could legitimately be is refused before reading anything.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from app.errors import AudioTooLarge, InvalidRequest, UnsupportedMediaType
+from app.errors import AudioTooLarge, InvalidRequest, RequestCancelled, UnsupportedMediaType
 
 if TYPE_CHECKING:  # the TypedDict exists only for type checkers
     from python_multipart.multipart import MultipartCallbacks
@@ -150,9 +151,30 @@ def _text_charset(raw: bytes) -> str:
     return name
 
 
+def max_body_bytes(max_files: int, max_file_bytes: int) -> int:
+    """The largest multipart body a form of ``max_files`` files of ``max_file_bytes`` can be."""
+    return max_files * max_file_bytes + MAX_FIELDS * MAX_FIELD_BYTES + _MULTIPART_OVERHEAD
+
+
+def declared_length(request: Request) -> int | None:
+    """The request's Content-Length when it is a plain decimal number, else None."""
+    declared = request.headers.get("content-length")
+    # isascii() too: str.isdigit() accepts digits such as '²' that int() refuses (ValueError -> 500).
+    if declared is not None and declared.isascii() and declared.isdigit():
+        return int(declared)
+    return None
+
+
 async def read_multipart(
-    request: Request, *, max_file_bytes: int, max_files: int, file_fields: frozenset[str] = frozenset()
+    request: Request,
+    *,
+    max_file_bytes: int,
+    max_files: int,
+    file_fields: frozenset[str] = frozenset(),
+    on_unannounced_bytes: Callable[[int], None] | None = None,
 ) -> FormContents:
+    """Read and parse the body; ``on_unannounced_bytes`` is told of every chunk of a body that came
+    without a Content-Length (so the caller can count it against a budget as it streams in)."""
     content_type = request.headers.get("content-type", "")
     media_type, params = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
@@ -161,10 +183,9 @@ async def read_multipart(
     if not boundary:
         raise InvalidRequest("multipart/form-data without a boundary")
 
-    declared = request.headers.get("content-length")
-    limit = max_files * max_file_bytes + MAX_FIELDS * MAX_FIELD_BYTES + _MULTIPART_OVERHEAD
-    # isascii() too: str.isdigit() accepts digits such as '²' that int() refuses (ValueError -> 500).
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+    declared = declared_length(request)
+    limit = max_body_bytes(max_files, max_file_bytes)
+    if declared is not None and declared > limit:
         raise AudioTooLarge(
             f"request body of {declared} bytes exceeds the upload limit "
             f"({max_files} file(s) of at most {max_file_bytes} bytes)",
@@ -188,10 +209,14 @@ async def read_multipart(
         parser = MultipartParser(boundary, callbacks)
         async for chunk in request.stream():
             received += len(chunk)
+            if declared is None and on_unannounced_bytes is not None:
+                on_unannounced_bytes(len(chunk))
             if received > limit:  # a chunked body without Content-Length
                 raise AudioTooLarge(f"request body exceeds {limit} bytes", max_upload_bytes=max_file_bytes)
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+    except ClientDisconnect as exc:  # nobody reads the answer; not a server error either
+        raise RequestCancelled("the client went away while sending the body") from exc
     return collector.contents

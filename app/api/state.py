@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from app.admission import Admission
 from app.api.forms import Forms
+from app.api.intake import AudioIntake
 from app.engine.engine import EmbeddingEngine
 from app.manifest import ModelManifest
 from app.settings import Settings
@@ -23,6 +25,8 @@ class AppState:
     tenants: TenantIndexes
     speakers: SpeakerOperations
     forms: Forms
+    admission: Admission
+    intake: AudioIntake
     registry: CollectorRegistry
 
     @property

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 Float32Array = npt.NDArray[np.float32]
 
+# Throughput assumed until the first batch has been timed (padded samples per second of inference):
+# 20x real time at 16 kHz, slower than any CPU this runs on, so the first estimates err towards refusing.
+INITIAL_SAMPLES_PER_S = 20.0 * 16000
 # Several batches failing back to back means the device/session is broken, not the inputs: die, so
 # readiness goes false and the orchestrator replaces the replica instead of it failing forever.
 MAX_CONSECUTIVE_FAILURES = 5
@@ -172,6 +175,7 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
         self._seconds_per_item = 0.05  # running estimate, for Retry-After
+        self._samples_per_s = INITIAL_SAMPLES_PER_S  # running estimate of the backend's throughput
         self.batches_run = 0
 
     # --- state -----------------------------------------------------------------------------------
@@ -192,6 +196,17 @@ class DynamicBatcher:
 
     def depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def samples_per_second(self) -> float:
+        """Recent throughput: padded samples the backend embeds per second of inference."""
+        return self._samples_per_s
+
+    def backlog_samples(self) -> int:
+        """Padded samples of every queued and running item: the work ahead of a new item."""
+        bucket = self._backend.bucket
+        with self._cond:
+            return sum(bucket(it.n) for it in self._pending) + sum(bucket(it.n) for it in self._inflight)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> concurrent.futures.Future[None]:
@@ -375,6 +390,8 @@ class DynamicBatcher:
         self._consecutive_failures = 0
         self.batches_run += 1
         self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * elapsed / len(live)
+        if elapsed > 0:
+            self._samples_per_s = 0.8 * self._samples_per_s + 0.2 * padded * len(live) / elapsed
         real = sum(it.n for it in live)
         m = self._metrics
         m.inference_time.observe(elapsed)

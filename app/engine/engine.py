@@ -31,6 +31,8 @@ Float32Array = npt.NDArray[np.float32]
 DISCONNECT_POLL_S = 0.1
 # Shorter input is refused: a few frames give no meaningful embedding and could break a batch.
 MIN_SECONDS = 0.1
+# Starting guess of an average request's audio, until real requests have been seen.
+AVERAGE_REQUEST_SECONDS = 5.0
 # Segment planning (VAD over the whole recording) moves off the event loop above this length.
 INLINE_PLAN_MAX_SAMPLES = 16000 * 30
 
@@ -70,6 +72,9 @@ class EmbeddingEngine:
             self.selfcheck = run_selfcheck(backend, manifest, model_dir)  # raises: start-up fails
 
         self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=start_up)
+        # Running average of the padded samples one embed() call brings (admission counts requests
+        # whose audio is still being decoded at this size).
+        self._request_samples = float(AVERAGE_REQUEST_SECONDS * manifest.sample_rate)
         self._started = False
 
     @classmethod
@@ -110,6 +115,12 @@ class EmbeddingEngine:
 
     def queue_depth(self) -> int:
         return self._batcher.depth()
+
+    def expected_wait_s(self, *, extra_samples: int = 0, extra_requests: int = 0) -> float:
+        """Seconds until the engine would be through its queue plus ``extra_samples`` of audio and
+        ``extra_requests`` requests of average size, at its recent throughput."""
+        samples = self._batcher.backlog_samples() + extra_samples + extra_requests * self._request_samples
+        return float(samples / self._batcher.samples_per_second)
 
     @property
     def batches_run(self) -> int:
@@ -177,9 +188,28 @@ class EmbeddingEngine:
         if is_disconnected is not None and await is_disconnected():
             raise RequestCancelled("client disconnected before inference")
         plan = await self._plan(audio)
+        self._admit(plan, deadline)
         ticket = self._batcher.submit(plan.cut(audio), deadline, asyncio.get_running_loop())
         embeddings = await self._wait(ticket, deadline, is_disconnected)
         return combine_segments(np.stack(embeddings), plan.weights)
+
+    def _admit(self, plan: SegmentPlan, deadline: float) -> None:
+        """Refuse at once what cannot finish by its deadline, instead of queueing it to time out."""
+        own = sum(self.backend.bucket(b - a) for a, b in plan.bounds)
+        self._request_samples = 0.9 * self._request_samples + 0.1 * own
+        remaining = deadline - time.monotonic()
+        rate = self._batcher.samples_per_second
+        if own / rate > remaining:
+            raise DeadlineExceeded(
+                f"this audio needs about {own / rate:.1f} s of inference; {max(0.0, remaining):.1f} s of the "
+                "request's deadline are left"
+            )
+        wait = self.expected_wait_s(extra_samples=own)
+        if wait > remaining:
+            raise Overloaded(
+                f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
+                retry_after_s=wait - remaining,
+            )
 
     def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)

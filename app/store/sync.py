@@ -70,6 +70,15 @@ class IndexSyncer:
         if ids:
             self.index.upsert_many(ids, np.stack(vectors))
 
+    async def write_through(self, speaker_id: str, voiceprint_sum: npt.NDArray[np.float32] | None) -> None:
+        """This replica's own write, applied at once (read-your-writes; ``None`` = deleted). Waits for a
+        sync in progress: a full reload that read Redis before the write must not overwrite it."""
+        async with self._lock:
+            removed, ids, vectors = (
+                ([speaker_id], [], []) if voiceprint_sum is None else ([], [speaker_id], [voiceprint_sum])
+            )
+            await asyncio.to_thread(self._update, removed, ids, vectors)
+
     async def sync_once(self) -> None:
         async with self._lock:
             try:

@@ -85,14 +85,14 @@ class TenantIndexes:
         return sum(len(s.index) for s in self._syncers.values())
 
     async def upsert(self, tenant: str, speaker_id: str, voiceprint_sum: npt.NDArray[np.float32]) -> None:
-        """Read-your-writes on this replica (index updates wait for a search's lock: off the loop)."""
-        index = await self.index(tenant)
-        await asyncio.to_thread(index.upsert, speaker_id, voiceprint_sum)
+        """Read-your-writes on this replica; other replicas catch up through the change stream."""
+        await self.index(tenant)
+        await self._syncers[tenant].write_through(speaker_id, voiceprint_sum)
 
     async def remove(self, tenant: str, speaker_id: str) -> None:
         syncer = self._syncers.get(tenant)
         if syncer is not None:
-            await asyncio.to_thread(syncer.index.remove, speaker_id)
+            await syncer.write_through(speaker_id, None)
 
     async def stop(self) -> None:
         for syncer in self._syncers.values():

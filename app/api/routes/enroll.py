@@ -6,9 +6,8 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import EnrollFormData, RequestWaiting, State, Tenant
+from app.api.deps import AdmittedRequest, EnrollFormData, RequestWaiting, State, Tenant
 from app.api.forms import Forms, openapi_body
-from app.api.intake import decode_uploads
 from app.api.routes.openapi import problems
 from app.api.schemas import EnrollResponse
 
@@ -23,13 +22,13 @@ def build_router(forms: Forms) -> APIRouter:
         responses=problems(400, 413, 415, 422, 429, 503, 504),
     )
     async def enroll(
-        state: State, tenant: Tenant, form: EnrollFormData, waiting: RequestWaiting
+        state: State, tenant: Tenant, form: EnrollFormData, admitted: AdmittedRequest, waiting: RequestWaiting
     ) -> EnrollResponse:
         """Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
         once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
         accepted. A recording unlike the existing voiceprint (cosine below the threshold) is still added,
         with a warning."""
-        recordings = await decode_uploads(form.audio, max_seconds=state.settings.max_audio_seconds)
+        recordings = await state.intake.decode(form.audio, admitted, waiting)
         result = await state.speakers.enroll(tenant, form.speaker_id, recordings, form.metadata, waiting)
         return EnrollResponse.model_validate({**asdict(result), "model": state.model_key})
 

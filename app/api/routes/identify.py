@@ -6,9 +6,8 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import IdentifyFormData, RequestWaiting, State, Tenant
+from app.api.deps import AdmittedRequest, IdentifyFormData, RequestWaiting, State, Tenant
 from app.api.forms import Forms, openapi_body
-from app.api.intake import decode_uploads
 from app.api.routes.openapi import problems
 from app.api.schemas import IdentifyResponse
 
@@ -23,11 +22,15 @@ def build_router(forms: Forms) -> APIRouter:
         responses=problems(400, 413, 415, 422, 429, 503, 504),
     )
     async def identify(
-        state: State, tenant: Tenant, form: IdentifyFormData, waiting: RequestWaiting
+        state: State,
+        tenant: Tenant,
+        form: IdentifyFormData,
+        admitted: AdmittedRequest,
+        waiting: RequestWaiting,
     ) -> IdentifyResponse:
         """Exact cosine search over every speaker enrolled under this model (or only `candidates`).
         `speaker_id` is the best candidate when its score reaches the threshold, else null."""
-        (probe,) = await decode_uploads([form.audio], max_seconds=state.settings.max_audio_seconds)
+        (probe,) = await state.intake.decode([form.audio], admitted, waiting)
         result = await state.speakers.identify(
             tenant,
             probe,

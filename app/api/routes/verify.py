@@ -6,9 +6,8 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import RequestWaiting, State, Tenant, VerifyFormData
+from app.api.deps import AdmittedRequest, RequestWaiting, State, Tenant, VerifyFormData
 from app.api.forms import Forms, openapi_body
-from app.api.intake import decode_uploads
 from app.api.routes.openapi import problems
 from app.api.schemas import VerifyResponse
 
@@ -23,19 +22,18 @@ def build_router(forms: Forms) -> APIRouter:
         responses=problems(400, 404, 413, 415, 422, 429, 503, 504),
     )
     async def verify(
-        state: State, tenant: Tenant, form: VerifyFormData, waiting: RequestWaiting
+        state: State, tenant: Tenant, form: VerifyFormData, admitted: AdmittedRequest, waiting: RequestWaiting
     ) -> VerifyResponse:
         """Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
         cosine similarity; `match` = score >= threshold (the model's default unless given)."""
-        max_seconds = state.settings.max_audio_seconds
         if form.speaker_id is not None:
-            (probe,) = await decode_uploads([form.audio], max_seconds=max_seconds)
+            (probe,) = await state.intake.decode([form.audio], admitted, waiting)
             result = await state.speakers.verify_speaker(
                 tenant, form.speaker_id, probe, form.threshold, waiting
             )
         else:
             assert form.reference is not None  # the form allows exactly one of the two
-            probe, reference = await decode_uploads([form.audio, form.reference], max_seconds=max_seconds)
+            probe, reference = await state.intake.decode([form.audio, form.reference], admitted, waiting)
             result = await state.speakers.verify_pair(probe, reference, form.threshold, waiting)
         return VerifyResponse.model_validate({**asdict(result), "model": state.model_key})
 

@@ -1,0 +1,145 @@
+"""Admission control: refuse early what the process cannot hold or finish in time.
+
+Two questions are asked of every request that carries audio, before its body is read:
+
+* **Memory.** One budget (``MemoryBudget``) counts the bytes the process holds for requests: the
+  upload as it is read (its ``Content-Length`` reserved up front, a body without one counted as it
+  streams), and each recording's decoded waveform (reserved from its header before decoding). A request
+  that does not fit now is refused with 429; one that could never fit (larger than the whole budget)
+  with 413. Nothing is buffered first.
+* **Time.** The engine knows the audio it has queued and its recent throughput, so the expected wait
+  of a new request is known before its audio is decoded. Admitted requests whose audio is still being
+  read or decoded count too, at the engine's average request size: a burst is refused at once instead
+  of paying seconds of decoding before a refusal. A request whose expected wait exceeds
+  ``max_queue_wait_s``, or whose deadline would pass first, gets 429 with a ``Retry-After`` computed
+  from that estimate.
+
+All bookkeeping is thread-safe (decoding threads reserve memory too) and O(1) per call.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from app.engine.engine import EmbeddingEngine
+from app.errors import AudioTooLarge, Overloaded
+
+# What a recording's decoding and speech measurement need besides the waveform itself (blocks, the
+# resampler, the VAD's chunked work arrays; see app.audio and app.vad), held while it is decoded.
+DECODE_WORK_BYTES = 8 * 1024 * 1024
+
+
+class MemoryBudget:
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def try_take(self, n: int) -> bool:
+        with self._lock:
+            if self._used + n > self.limit_bytes:
+                return False
+            self._used += n
+            return True
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self._used = max(0, self._used - n)
+
+
+@dataclass
+class Reservation:
+    """The bytes one request holds in the budget; all given back by ``release``."""
+
+    budget: MemoryBudget
+    held: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def grow(self, n: int, what: str) -> None:
+        """Hold ``n`` more bytes for ``what``, or refuse the request (413 never fits, 429 not now)."""
+        if n <= 0:
+            return
+        if self.held + n > self.budget.limit_bytes:
+            raise AudioTooLarge(
+                f"{what} needs {self.held + n} bytes in all; this server holds at most "
+                f"{self.budget.limit_bytes} bytes for requests",
+                max_request_bytes=self.budget.limit_bytes,
+            )
+        if not self.budget.try_take(n):
+            raise Overloaded(
+                f"server memory for requests is in use ({what} does not fit now)", retry_after_s=1.0
+            )
+        with self._lock:
+            self.held += n
+
+    def shrink(self, n: int) -> None:
+        with self._lock:
+            n = min(n, self.held)
+            self.held -= n
+        self.budget.give_back(n)
+
+    def release(self) -> None:
+        self.shrink(self.held)
+
+
+class Admission:
+    def __init__(self, engine: EmbeddingEngine, budget: MemoryBudget, max_queue_wait_s: float) -> None:
+        self.engine = engine
+        self.budget = budget
+        self.max_queue_wait_s = max_queue_wait_s
+        self._undecoded = 0  # admitted requests whose audio has not reached the engine yet
+        self._lock = threading.Lock()
+
+    def expected_wait_s(self) -> float:
+        """Seconds a request admitted now would wait for inference, by the engine's estimate."""
+        with self._lock:
+            undecoded = self._undecoded
+        return self.engine.expected_wait_s(extra_requests=undecoded)
+
+    def admit(self, content_length: int | None, deadline: float) -> Admitted:
+        """Admit a request (before its body is read) or refuse it with 429/413 at once."""
+        wait = self.expected_wait_s()
+        remaining = deadline - time.monotonic()
+        if wait > self.max_queue_wait_s or wait > remaining:
+            retry = max(1.0, math.ceil(wait - min(self.max_queue_wait_s, remaining)))
+            raise Overloaded(
+                f"expected wait for inference is {wait:.1f} s (at most {self.max_queue_wait_s:g} s are "
+                "accepted)",
+                retry_after_s=retry,
+            )
+        reservation = Reservation(self.budget)
+        if content_length is not None:
+            reservation.grow(content_length, "the request body")
+        with self._lock:
+            self._undecoded += 1
+        return Admitted(self, reservation)
+
+    def _decoded(self) -> None:
+        with self._lock:
+            self._undecoded = max(0, self._undecoded - 1)
+
+
+class Admitted:
+    """An admitted request: its memory reservation, and its place among the not yet decoded."""
+
+    def __init__(self, admission: Admission, reservation: Reservation) -> None:
+        self.reservation = reservation
+        self._admission = admission
+        self._counted = True
+
+    def decoded(self) -> None:
+        """Its audio reached the engine (or never will): the engine's own queue counts it from here."""
+        if self._counted:
+            self._counted = False
+            self._admission._decoded()
+
+    def release(self) -> None:
+        self.decoded()
+        self.reservation.release()
