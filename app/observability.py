@@ -45,6 +45,7 @@ _REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # recordings on a CPU several seconds; the request deadline defaults to 30 s.
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED_ROUTE: Final = "<unmatched>"
+ARRIVED_STATE_KEY: Final = "arrived_monotonic"
 
 request_id_var: ContextVar[str | None] = ContextVar("voxgate_request_id", default=None)
 
@@ -238,7 +239,10 @@ class RequestContextMiddleware:
         request_id = accept_request_id(supplied)
         token = request_id_var.set(request_id)
         # Also reachable by the app through the scope (request.state is backed by scope["state"]).
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        # When the request arrived: its deadline covers reading, decoding, queueing and inference.
+        state[ARRIVED_STATE_KEY] = time.monotonic()
         status = 500  # what the client sees if the app fails before starting a response
         started = time.perf_counter()
 

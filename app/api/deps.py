@@ -12,11 +12,9 @@ from app.admission import Admitted
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
+from app.observability import ARRIVED_STATE_KEY
 from app.speakers import Waiting
 from app.store.keys import SPEAKER_ID_PATTERN
-
-# Set by the request middleware when the request arrived: the deadline covers the whole request.
-ARRIVED_KEY = "arrived_monotonic"
 
 
 def get_state(request: Request) -> AppState:
@@ -36,7 +34,7 @@ Tenant = Annotated[str, Depends(current_tenant)]
 
 def request_waiting(request: Request, state: State) -> Waiting:
     """The request's deadline (from its arrival) and how to notice its client went away."""
-    arrived = getattr(request.state, ARRIVED_KEY, None) or time.monotonic()
+    arrived = getattr(request.state, ARRIVED_STATE_KEY, None) or time.monotonic()
     return Waiting(
         deadline=arrived + state.settings.request_timeout_s, is_disconnected=request.is_disconnected
     )
