@@ -315,7 +315,7 @@ def run_selfcheck(graph: Graph, providers: str, budget: Budget) -> dict[str, Any
             command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=limit, check=False
         )
     except subprocess.TimeoutExpired:
-        return {**entry, "ok": False, "error": f"timed out after {limit:.0f} s"}
+        return {**entry, "ok": False, "error": f"timed out after {round(limit, 1):g} s"}
     entry.update(rc=done.returncode, seconds=round(time.monotonic() - t0, 1))
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -377,7 +377,7 @@ def run_job(job: Job, args: argparse.Namespace, budget: Budget) -> dict[str, Any
         )
     except subprocess.TimeoutExpired as exc:
         tail = exc.stderr if isinstance(exc.stderr, str) else (exc.stderr or b"").decode(errors="replace")
-        return {**head, "ok": False, "error": f"timed out after {limit:.0f} s", "tail": tail[-2000:]}
+        return {**head, "ok": False, "error": f"timed out after {round(limit, 1):g} s", "tail": tail[-2000:]}
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)), None)
     if done.returncode != 0 or line is None:
         return {**head, "ok": False, "rc": done.returncode, "error": done.stderr[-3000:]}
@@ -545,6 +545,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-tests", action="store_true", help="skip the gpu-marked tests")
     p.add_argument(
+        "--worker-limit-s",
+        type=float,
+        default=WORKER_LIMIT_S,
+        help=f"time limit of one graph's start-up + benchmark on CUDA (default {WORKER_LIMIT_S:g}); a "
+        "search mode that runs out of it is not tried on the other graphs",
+    )
+    p.add_argument(
         "--cpu-dry-run",
         action="store_true",
         help="run every step on the CPU (for CI: shows the script works; its figures mean nothing)",
@@ -594,10 +601,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def anchor(g: Graph) -> list[tuple[float, int]]:
         return [(ANCHOR_SECONDS, peak[0])] if "ecapa" in g.name and g.precision == "fp16" else []
 
-    jobs = [Job(g, [device], "HEURISTIC", args.durations, args.concurrency, extra=anchor(g)) for g in ready]
+    limit = args.worker_limit_s
+    jobs = [
+        Job(g, [device], "HEURISTIC", args.durations, args.concurrency, limit_s=limit, extra=anchor(g))
+        for g in ready
+    ]
     # EXHAUSTIVE: start-to-ready and peak throughput only; fp16 (the GPU serving graphs) first.
     by_precision = sorted(ready, key=lambda g: g.precision != "fp16")
-    jobs += [Job(g, [device], "EXHAUSTIVE", args.durations, peak, baseline_b=False) for g in by_precision]
+    jobs += [
+        Job(g, [device], "EXHAUSTIVE", args.durations, peak, baseline_b=False, limit_s=limit)
+        for g in by_precision
+    ]
     trt_reason = "CPU dry run" if args.cpu_dry_run else tensorrt_unavailable()
     if trt_reason is None:
         jobs += [
@@ -616,8 +630,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         report["skipped"].append(f"TensorRT: {trt_reason}")
     report["jobs"] = []
+    too_slow: dict[tuple[str, ...], str] = {}  # providers + search -> the job that ran out of time
     for job in jobs:
-        result = run_job(job, args, budget)
+        key = (*job.providers, job.search)
+        result: dict[str, Any]
+        if key in too_slow:  # the same start-up on another graph would only spend the budget again
+            result = {"model": job.graph.name, "providers": job.providers, "search": job.search,
+                      "ok": False, "skipped": f"not ready within its limit on {too_slow[key]}"}  # fmt: skip
+        else:
+            result = run_job(job, args, budget)
+            if str(result.get("error", "")).startswith("timed out"):
+                too_slow[key] = job.graph.name
         report["jobs"].append(result)
         s = result.get("startup") or {}
         print(f"# {job.label}: ready in {s.get('ready_s', '-')} s, ok={result.get('ok')}", flush=True)

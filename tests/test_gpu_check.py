@@ -126,3 +126,17 @@ def test_cuda_libraries_of_pip_wheels_go_on_the_library_path(
     monkeypatch.setenv(gpu_check.REEXEC_MARK, "1")  # already re-executed: never again
     gpu_check.ensure_library_path([])
     assert calls == []
+
+
+def test_a_search_mode_that_runs_out_of_time_is_not_tried_again(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    done = _run("--cpu-dry-run", "--models", "models/default", "models/default", "--no-tests",
+                "--worker-limit-s", "0.2", "--out", str(out))  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    jobs = json.loads(out.read_text())["jobs"]
+    assert [(j["search"], j.get("error", j.get("skipped"))) for j in jobs] == [
+        ("HEURISTIC", "timed out after 0.2 s"),
+        ("HEURISTIC", "not ready within its limit on default fp32"),
+        ("EXHAUSTIVE", "timed out after 0.2 s"),
+        ("EXHAUSTIVE", "not ready within its limit on default fp32"),
+    ]
