@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from app.engine.batcher import MAX_CONSECUTIVE_FAILURES, BatcherConfig, InferenceFailed, Item, cut_batch
+from app.engine.batcher import MAX_CONSECUTIVE_FAILURES, InferenceFailed, Item, cut_batch
+from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine
 from app.engine.metrics import EngineMetrics
 from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
@@ -72,7 +73,7 @@ async def occupy_worker(engine: EmbeddingEngine, backend: FakeBackend) -> asynci
 
 
 def item(n: int, t: float) -> Item:
-    return Item(request=None, index=0, samples=np.zeros(n, np.float32), enqueued=t)  # type: ignore[arg-type]
+    return Item(ticket=None, future=None, samples=np.zeros(n, np.float32), enqueued=t)  # type: ignore[arg-type]
 
 
 # --- cut_batch: pure batch formation --------------------------------------------------------------

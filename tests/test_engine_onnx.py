@@ -18,7 +18,7 @@ from onnx import TensorProto
 from prometheus_client import CollectorRegistry
 
 from app.engine.backend import CPU, CUDA, OnnxBackend, ProviderUnavailable, resolve_providers
-from app.engine.batcher import BatcherConfig
+from app.engine.config import BatcherConfig, EngineConfig
 from app.engine.engine import EmbeddingEngine
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPolicy, embed_waveforms
@@ -214,7 +214,7 @@ def speech_files(limit: int, step: int = 5) -> list[npt.NDArray[np.float32]]:
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.onnx").is_file(), reason="models/default not exported")
 def test_default_model_batched_matches_alone() -> None:
-    backend = OnnxBackend.from_settings(Settings(model_dir=DEFAULT_MODEL_DIR))
+    backend = OnnxBackend.from_config(EngineConfig(model_dir=DEFAULT_MODEL_DIR))
     waves = speech_files(6)
     policy = SegmentPolicy.from_manifest(backend.manifest)
     alone = [embed_waveforms(backend, [w], policy)[0] for w in waves]
@@ -226,7 +226,7 @@ def test_default_model_batched_matches_alone() -> None:
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.onnx").is_file(), reason="models/default not exported")
 def test_default_model_long_audio_is_segmented_like_the_cli_helper() -> None:
-    backend = OnnxBackend.from_settings(Settings(model_dir=DEFAULT_MODEL_DIR))
+    backend = OnnxBackend.from_config(EngineConfig(model_dir=DEFAULT_MODEL_DIR))
     seg = backend.manifest.segment_seconds
     if seg is None:
         pytest.skip("default model does not segment")

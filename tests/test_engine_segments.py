@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.engine.backend import pad_batch
 from app.engine.segments import (
     SegmentPolicy,
     combine_segments,
-    pad_batch,
     plan_segments,
     segment_bounds,
     speech_weights,
