@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.audio import decode_audio
+from app.engine.backend import run_padded
 from app.errors import VoxGateError
 from app.manifest import ManifestError, ModelManifest, sha256_file
 
@@ -147,12 +148,9 @@ def _load_probe(
 
 
 def _embed_clips(backend: EmbeddingBackend, clips: list[Float32Array]) -> npt.NDArray[np.float64]:
-    """All clips as one padded batch with their true lengths, as the batcher runs requests."""
-    audio = np.zeros((len(clips), max(c.shape[0] for c in clips)), dtype=np.float32)
-    for i, clip in enumerate(clips):
-        audio[i, : clip.shape[0]] = clip
-    lengths = np.array([c.shape[0] for c in clips], dtype=np.int64)
-    return np.asarray(backend.embed(audio, lengths), dtype=np.float64)
+    """All clips as one batch padded to the backend's length bucket, as the batcher runs requests."""
+    embeddings, _ = run_padded(backend, clips)
+    return np.asarray(embeddings, dtype=np.float64)
 
 
 def _cosines(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
