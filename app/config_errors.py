@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.settings import ENV_PREFIX, Settings, env_var
 
 # Values never echoed back in an error message (a Redis URL carries its password).
-_SECRET_FIELDS = frozenset({"redis_url"})
+_SECRET_FIELDS = frozenset({"redis_url", "voiceprint_key"})
 
 
 class InvalidSettings(Exception):

@@ -5,6 +5,7 @@ The API renders every ``VoxGateError`` as an RFC 9457 problem+json body (see ``a
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -17,6 +18,41 @@ class VoxGateError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the problem body."""
+        return {}
+
+
+class _RetryLater(VoxGateError):
+    """An error whose answer says when to try again (``Retry-After``, whole seconds)."""
+
+    def __init__(self, detail: str, retry_after_s: float = 1.0, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class _Unauthorized(VoxGateError):
+    status, title = 401, "Authentication required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="voxgate"'}
+
+
+# --- caller (401) ---
+class MissingApiKey(_Unauthorized):
+    code = "missing_api_key"
+
+
+class InvalidApiKey(_Unauthorized):
+    code = "invalid_api_key"
+
+
+class RevokedApiKey(_Unauthorized):
+    code = "revoked_api_key"
 
 
 # --- client input (4xx) ---
@@ -44,6 +80,11 @@ class NotEnoughSpeech(VoxGateError):
     status, code, title = 422, "not_enough_speech", "Not enough speech"
 
 
+class UnlikeVoiceprint(VoxGateError):
+    # VOXGATE_UNLIKE_VOICEPRINT=refuse: the recording conflicts with the voiceprint it would join.
+    status, code, title = 409, "unlike_voiceprint", "Recording unlike the voiceprint"
+
+
 class InvalidSpeakerId(VoxGateError):
     status, code, title = 422, "invalid_speaker_id", "Invalid speaker id"
 
@@ -57,12 +98,14 @@ class SpeakerNotFound(VoxGateError):
 
 
 # --- server state (429 / 503 / 504) ---
-class Overloaded(VoxGateError):
+class Overloaded(_RetryLater):
     status, code, title = 429, "overloaded", "Server overloaded, retry later"
 
-    def __init__(self, detail: str, retry_after_s: float = 1.0, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.retry_after_s = retry_after_s
+
+class RateLimited(_RetryLater):
+    """This API key's own request rate (not the server's load)."""
+
+    status, code, title = 429, "rate_limited", "Rate limit of the API key exceeded"
 
 
 class DeadlineExceeded(VoxGateError):

@@ -1,6 +1,7 @@
-"""The application factory: assembles routes, error rendering and middleware; the lifespan owns every
-long-lived resource (inference engine, Redis client, replica-local index and its sync task) and hands
-them to routes as one typed ``AppState`` (see ``app.api.deps``). Nothing heavy happens at import time.
+"""The application factory: assembles routes, error rendering and middleware. The lifespan owns every
+long-lived resource - the inference engine, and what ``app.services.open_state`` builds (Redis, the
+tenants' indexes, retention, admission, the request gate) - and hands them to routes as one typed
+``AppState`` (see ``app.api.deps``). Nothing heavy happens at import time.
 """
 
 from __future__ import annotations
@@ -14,19 +15,14 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.admission import Admission, MemoryBudget
 from app.api.forms import build_forms
-from app.api.intake import AudioIntake
 from app.api.problems import install_problem_handlers
 from app.api.routes import docs, enroll, health, identify, speakers, verify
-from app.api.state import STATE_KEY, AppState
+from app.api.state import STATE_KEY
 from app.engine.engine import EmbeddingEngine
 from app.observability import RequestContextMiddleware
+from app.services import open_state
 from app.settings import Settings
-from app.speakers import Policy, SpeakerOperations
-from app.store.keys import KeySchema
-from app.store.redis_store import RedisVoiceprintStore
-from app.store.tenants import TenantIndexes
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,6 @@ def create_app(
         raise ValueError(
             "settings.redis_url is unset: `voxgate serve` starts an embedded Redis, tests pass one"
         )
-    redis_url = settings.redis_url
     registry = registry if registry is not None else CollectorRegistry()
     forms = build_forms(settings)
 
@@ -76,32 +71,12 @@ def create_app(
         eng = engine or EmbeddingEngine.from_settings(settings, model_dir, registry=registry)
         if owns_engine:
             await eng.start()
-        tenants: TenantIndexes | None = None
-        intake = AudioIntake(workers=settings.decode_workers, max_seconds=settings.max_audio_seconds)
         try:
-            manifest = eng.manifest
-            keys = KeySchema(settings.redis_namespace, settings.tenant, manifest.model_key())
-            store = RedisVoiceprintStore.from_url(redis_url, keys, manifest.embedding_dim)
-            tenants = TenantIndexes(store, settings.index_sync_interval_s)
-            await tenants.start(settings.tenant)
-            speakers = SpeakerOperations(eng, tenants, Policy.from_settings(settings, manifest))
-            admission = Admission(eng, MemoryBudget(settings.request_memory_bytes), settings.max_queue_wait_s)
-            state = AppState(settings, eng, tenants, speakers, forms, admission, intake, registry)
-            log.info(
-                "voxgate ready",
-                extra={
-                    "model": manifest.model_key(),
-                    "provider": eng.provider,
-                    "speakers": tenants.indexed_speakers(),
-                },
-            )
-            yield {STATE_KEY: state}
+            async with open_state(settings, eng, forms, registry) as state:
+                yield {STATE_KEY: state}
         finally:
-            # Uvicorn has stopped accepting and drained requests by now; tear down in reverse order.
-            if tenants is not None:
-                await tenants.stop()
-                await tenants.root.close()
-            intake.close()
+            # Uvicorn has stopped accepting and drained requests by now: the state is torn down in
+            # reverse order of building, the engine (which drains its queue) last.
             if owns_engine:
                 await eng.stop()
 

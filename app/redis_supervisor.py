@@ -26,8 +26,24 @@ _MAX_BACKOFF_S = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
+# Written beside the data while the server runs: where admin commands (`voxgate keys`, `voxgate
+# audit`) find the embedded server of a `voxgate serve` without REDIS_URL.
+ENDPOINT_FILE = "endpoint"
+
+
 class RedisSupervisorError(RuntimeError):
     pass
+
+
+def running_endpoint(data_dir: Path) -> str | None:
+    """The URL of the embedded redis-server serving ``data_dir``, when one answers."""
+    path = data_dir.resolve() / ENDPOINT_FILE
+    try:
+        url = path.read_text().strip()
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return url if _ping("127.0.0.1", port) else None
 
 
 def _die_with_parent() -> None:
@@ -120,6 +136,7 @@ class RedisSupervisor:
         """Start the server and its watcher; returns the URL to connect to."""
         with self._lock:
             self._spawn()
+        (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n")
         log.info("embedded redis-server started", extra={"port": self.port, "data_dir": str(self.data_dir)})
         self._watcher = threading.Thread(target=self._watch, name="redis-supervisor", daemon=True)
         self._watcher.start()
@@ -146,6 +163,7 @@ class RedisSupervisor:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
+        (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
         if self._watcher is not None:
             self._watcher.join(timeout=timeout_s)
         with self._lock:

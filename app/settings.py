@@ -6,10 +6,11 @@ The README's settings table is checked against this class by a test.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.paths import DEFAULT_MODEL_DIR
@@ -18,6 +19,16 @@ ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
 # The one place the environment variables' prefix is written.
 ENV_PREFIX = "VOXGATE_"
+
+
+def is_loopback(host: str) -> bool:
+    """Does binding to ``host`` keep the service to this machine (127.0.0.0/8, ::1, localhost)?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def env_var(field: str) -> str:
@@ -151,7 +162,68 @@ class Settings(BaseSettings):
         None,
         ge=-1.0,
         le=1.0,
-        description="Default cosine threshold; unset = the model manifest's default_threshold.",
+        description="Default decision threshold, in the units of the score in use (cosine, or AS-Norm with "
+        "VOXGATE_SCORE_NORMALIZATION=asnorm); unset = the model manifest's calibrated threshold (voxgate "
+        "calibrate), else its default_threshold.",
+    )
+
+    # --- accuracy ---
+    score_normalization: Literal["none", "asnorm"] = Field(
+        "none",
+        description="asnorm = /verify and /identify score with AS-Norm against the model's cohort (voxgate "
+        "cohort build; it needs hundreds of speakers), and thresholds are AS-Norm scores (voxgate calibrate "
+        "--asnorm, or VOXGATE_THRESHOLD); none = raw cosine.",
+    )
+    asnorm_top_n: int | None = Field(
+        None, ge=2, description="Cohort scores AS-Norm averages per side; unset = the cohort's (manifest)."
+    )
+    calibrated_scores: bool = Field(
+        False,
+        description="Answers also carry `llr`, the score's log-likelihood ratio (natural log) from the "
+        "model's logistic-regression calibration (voxgate calibrate); start-up fails without one.",
+    )
+    unlike_voiceprint: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="An enrollment recording whose cosine to the rest of the voiceprint is below "
+        "unlike_voiceprint_threshold: warn = stored, with an unlike_voiceprint warning; refuse = 409 "
+        "unlike_voiceprint, nothing of the request stored.",
+    )
+    unlike_voiceprint_threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine to the rest of the voiceprint below which an enrollment recording is unlike "
+        "it; unset = the model's cosine decision threshold.",
+    )
+
+    # --- who may do what: keys, tenants, limits, audit, encryption, retention ---
+    auth: Literal["required", "off"] | None = Field(
+        None,
+        description="API keys: required = every request but /healthz, /readyz, /metrics and /docs needs a "
+        "key (Authorization: Bearer or X-API-Key), which names its tenant; off = no keys, everything acts "
+        "for VOXGATE_TENANT. Unset = required unless the service binds to a loopback address.",
+    )
+    rate_limit_rps: float = Field(
+        20.0,
+        ge=0,
+        description="Requests per second per API key (0 = unlimited); `voxgate keys create --rate`.",
+    )
+    rate_limit_burst: int = Field(
+        40, ge=1, description="Requests an idle API key may send at once; overridden per key."
+    )
+    voiceprint_key: SecretStr | None = Field(
+        None,
+        description="256-bit key-encryption key (64 hex digits or base64) from a Secret: with it every "
+        "voiceprint is stored encrypted (AES-GCM) under a per-tenant data key. Unset = stored plain.",
+    )
+    retention_days: float = Field(
+        1095.0,
+        ge=0,
+        description="A voiceprint not enrolled into nor successfully verified for this long is deleted "
+        "(0 = kept until deleted).",
+    )
+    audit_max_events: int = Field(
+        100_000, ge=100, description="Events kept per tenant in the audit stream (older ones are trimmed)."
     )
 
     # --- Redis ---
@@ -188,6 +260,17 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value != "auto" and not value.startswith("["):
             return [p.strip().lower() for p in value.split(",") if p.strip()]
         return value
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether requests need an API key (see ``auth``)."""
+        if self.auth is not None:
+            return self.auth == "required"
+        return not is_loopback(self.host)
+
+    @property
+    def retention_s(self) -> float | None:
+        return self.retention_days * 86400.0 if self.retention_days > 0 else None
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

@@ -4,6 +4,12 @@ Every operation takes the caller's tenant and already-decoded recordings and ret
 the HTTP layer only parses requests and renders these results. This module owns what the answers
 mean: embeddings are L2-normalised here, scores are cosines of unit vectors, the threshold and the
 minimum-speech policy are applied here, and the warnings are decided here.
+
+Accuracy (issue 12): the speech gate (``Policy.check_speech``, on the VAD's net speech), the score
+(``app.scoring.Scorer``: cosine or AS-Norm, with an optional calibrated LLR), the decision threshold
+(settings, else the manifest's calibration, else its default), and the unlike-voiceprint check of
+enrollment (warn, or refuse with 409) are decided here; ``embed_recordings`` is the one way recordings
+become embeddings, for the service and for ``voxgate eval``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,11 +31,14 @@ from app.errors import (
     NotEnoughSpeech,
     SpeakerNotFound,
     StoreUnavailable,
+    UnlikeVoiceprint,
 )
 from app.manifest import ModelManifest
+from app.scoring import Cohort, LlrCalibration, Score, Scorer, ScoreType, check_calibration_current
 from app.settings import Settings
 from app.store.redis_store import Voiceprint
 from app.store.tenants import TenantIndexes
+from app.vad import Region, speech_only
 from app.vectors import l2_normalize
 
 Float32Array = npt.NDArray[np.float32]
@@ -41,6 +51,7 @@ class Recording:
     name: str
     waveform: Float32Array
     speech_seconds: float
+    regions: Sequence[Region] = ()  # where the VAD found the speech (samples)
 
 
 @dataclass(frozen=True)
@@ -58,18 +69,97 @@ class Policy:
     threshold: float
     min_speech_seconds: float
     enroll_speech_seconds: float
+    # --- accuracy ---
+    threshold_source: str = "manifest default_threshold"
+    scorer: Scorer = field(default_factory=Scorer)
+    unlike_voiceprint: Literal["warn", "refuse"] = "warn"
+    unlike_threshold: float | None = None  # cosine; None = threshold (a cosine policy's)
 
     @classmethod
-    def from_settings(cls, settings: Settings, manifest: ModelManifest) -> Policy:
+    def from_settings(
+        cls, settings: Settings, manifest: ModelManifest, model_dir: Path | None = None
+    ) -> Policy:
+        scorer = build_scorer(settings, manifest, model_dir or settings.model_dir)
+        threshold, source = decision_threshold(settings, manifest, scorer.score_type)
+        cosine, _ = decision_threshold(settings, manifest, "cosine")
         return cls(
-            threshold=settings.threshold if settings.threshold is not None else manifest.default_threshold,
+            threshold=threshold,
             # The model may need more speech than the service default for a stable embedding.
             min_speech_seconds=max(settings.min_speech_seconds, manifest.min_speech_seconds),
             enroll_speech_seconds=settings.enroll_speech_seconds,
+            threshold_source=source,
+            scorer=scorer,
+            unlike_voiceprint=settings.unlike_voiceprint,
+            unlike_threshold=settings.unlike_voiceprint_threshold
+            if settings.unlike_voiceprint_threshold is not None
+            else cosine,
         )
 
     def enrolled(self, speech_seconds: float) -> bool:
         return speech_seconds >= self.enroll_speech_seconds
+
+    @property
+    def unlike_cosine(self) -> float:
+        return self.threshold if self.unlike_threshold is None else self.unlike_threshold
+
+    def check_speech(self, recording: Recording) -> None:
+        """``no_speech`` when the VAD found none, ``not_enough_speech`` below the minimum."""
+        seconds = recording.speech_seconds
+        if seconds <= 0.0:
+            raise NoSpeech("no speech found in the recording", file=recording.name)
+        if seconds < self.min_speech_seconds:
+            raise NotEnoughSpeech(
+                f"{seconds:.2f} s of speech found; at least {self.min_speech_seconds:g} s needed",
+                file=recording.name,
+                speech_seconds=round(seconds, 3),
+                min_speech_seconds=self.min_speech_seconds,
+            )
+
+
+def build_scorer(settings: Settings, manifest: ModelManifest, model_dir: Path) -> Scorer:
+    """The scorer the settings ask for (``ValueError`` when the model lacks what it needs)."""
+    score_type = settings_score_type(settings)
+    cohort = None
+    if score_type == "asnorm":
+        if manifest.cohort is None:
+            raise ValueError(
+                f"VOXGATE_SCORE_NORMALIZATION=asnorm, but the model in {model_dir} has no cohort "
+                "(voxgate cohort build --model DIR --root SPEECH)"
+            )
+        cohort = Cohort.load(model_dir, manifest.cohort, settings.asnorm_top_n)
+        check_calibration_current(manifest, score_type)
+    calibration = None
+    if settings.calibrated_scores:
+        found = manifest.calibration.get(score_type)
+        if found is None:
+            raise ValueError(
+                f"VOXGATE_CALIBRATED_SCORES=true, but the model in {model_dir} has no {score_type} "
+                "calibration (voxgate calibrate)"
+            )
+        calibration = LlrCalibration(found.llr_scale, found.llr_offset)
+    return Scorer(score_type, cohort, calibration)
+
+
+def settings_score_type(settings: Settings) -> ScoreType:
+    return "asnorm" if settings.score_normalization == "asnorm" else "cosine"
+
+
+def decision_threshold(
+    settings: Settings, manifest: ModelManifest, score_type: ScoreType
+) -> tuple[float, str]:
+    """The default threshold for ``score_type`` and where it comes from (``VOXGATE_THRESHOLD`` is in the
+    units of the score the settings select)."""
+    if settings.threshold is not None and score_type == settings_score_type(settings):
+        return settings.threshold, "VOXGATE_THRESHOLD"
+    found = manifest.calibration.get(score_type)
+    if found is not None:
+        return found.threshold, f"voxgate calibrate ({found.target}, {found.created})"
+    if score_type == "cosine":
+        return manifest.default_threshold, "manifest default_threshold"
+    raise ValueError(
+        "VOXGATE_SCORE_NORMALIZATION=asnorm needs an AS-Norm threshold: voxgate calibrate --asnorm, or "
+        "VOXGATE_THRESHOLD"
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +191,8 @@ class Verification:
     threshold: float
     match: bool
     warnings: list[Notice] = field(default_factory=list)
+    score_type: ScoreType = "cosine"
+    llr: float | None = None  # calibrated log-likelihood ratio of score (VOXGATE_CALIBRATED_SCORES)
 
 
 @dataclass(frozen=True)
@@ -117,6 +209,8 @@ class Identification:
     threshold: float
     searched: int
     warnings: list[Notice] = field(default_factory=list)
+    score_type: ScoreType = "cosine"
+    llr: float | None = None  # of the matched speaker's score
 
 
 @dataclass(frozen=True)
@@ -128,6 +222,7 @@ class SpeakerRecord:
     metadata: dict[str, Any]
     created_at: float
     updated_at: float
+    expires_at: float | None  # retention: unless enrolled into or verified before then
 
 
 @dataclass(frozen=True)
@@ -163,7 +258,8 @@ class SpeakerOperations:
         waiting: Waiting,
     ) -> Enrollment:
         """Add recordings to a speaker's voiceprint (creating it). Nothing is stored unless every
-        recording is accepted; one unlike the voiceprint is added with an ``unlike_voiceprint`` notice."""
+        recording is accepted; one unlike the voiceprint is added with an ``unlike_voiceprint`` notice,
+        or (``unlike_voiceprint=refuse``) refuses the request with 409."""
         self._require_speech(recordings)
         embeddings = await self._embed(recordings, waiting)
         store = self.tenants.store(tenant)
@@ -197,8 +293,9 @@ class SpeakerOperations:
         existing: Voiceprint | None,
     ) -> list[Notice]:
         """A notice for each recording whose cosine to the rest of the voiceprint is below the threshold:
-        the enrolled voiceprint when there is one, else the request's other recordings."""
-        threshold = self.policy.threshold
+        the enrolled voiceprint when there is one, else the request's other recordings. Refused instead
+        (409, nothing stored) when the policy says so."""
+        threshold = self.policy.unlike_cosine
         warnings: list[Notice] = []
         for i, (recording, embedding) in enumerate(zip(recordings, embeddings, strict=True)):
             if existing is not None:
@@ -209,6 +306,14 @@ class SpeakerOperations:
             else:
                 continue
             score = float(np.dot(embedding, reference))
+            if score < threshold and self.policy.unlike_voiceprint == "refuse":
+                raise UnlikeVoiceprint(
+                    f"cosine {score:.3f} to {against} is below {threshold:.3f}: not enrolled (is this the "
+                    "same speaker?)",
+                    file=recording.name,
+                    cosine=round(score, 4),
+                    unlike_voiceprint_threshold=threshold,
+                )
             if score < threshold:
                 warnings.append(
                     Notice(
@@ -244,9 +349,10 @@ class SpeakerOperations:
                     f"{self.policy.enroll_speech_seconds:g} s are recommended",
                 )
             )
-        return self._decide(
-            speaker_id, None, float(np.dot(embedding, voiceprint.direction())), threshold, warnings
-        )
+        decision = self._decide(speaker_id, None, embedding, voiceprint.direction(), threshold, warnings)
+        if decision.match:  # a successful verification keeps the voiceprint from expiring
+            await self.tenants.store(tenant).touch(speaker_id)
+        return decision
 
     async def verify_pair(
         self, probe: Recording, reference: Recording, threshold: float | None, waiting: Waiting
@@ -254,18 +360,29 @@ class SpeakerOperations:
         """Are ``probe`` and ``reference`` the same speaker? (Nothing stored is read: no tenant.)"""
         self._require_speech([probe, reference])
         a, b = await self._embed([probe, reference], waiting)
-        return self._decide(None, reference.name, float(np.dot(a, b)), threshold, [])
+        return self._decide(None, reference.name, a, b, threshold, [])
 
     def _decide(
         self,
         speaker_id: str | None,
         reference: str | None,
-        score: float,
+        probe: Float32Array,
+        against: Float32Array,
         threshold: float | None,
         warnings: list[Notice],
     ) -> Verification:
         used = self.policy.threshold if threshold is None else threshold
-        return Verification(speaker_id, reference, score, used, score >= used, warnings)
+        score = self.policy.scorer.score(probe, against)
+        return Verification(
+            speaker_id,
+            reference,
+            score.value,
+            used,
+            score.value >= used,
+            warnings,
+            score_type=self.policy.scorer.score_type,
+            llr=score.llr,
+        )
 
     # --- identification --------------------------------------------------------------------------
     async def identify(
@@ -300,15 +417,46 @@ class SpeakerOperations:
                     )
                 )
         used = self.policy.threshold if threshold is None else threshold
-        best = hits[0] if hits and hits[0].score >= used else None
+        scored = await self._score_hits(tenant, embedding, hits)
+        best = scored[0] if scored and scored[0][1].value >= used else None
         return Identification(
-            speaker_id=best.speaker_id if best else None,
-            score=best.score if best else None,
-            candidates=[Candidate(h.speaker_id, h.score) for h in hits],
+            speaker_id=best[0] if best else None,
+            score=best[1].value if best else None,
+            candidates=[Candidate(speaker, score.value) for speaker, score in scored],
             threshold=used,
             searched=searched,
             warnings=warnings,
+            score_type=self.policy.scorer.score_type,
+            llr=best[1].llr if best else None,
         )
+
+    async def _score_hits(
+        self, tenant: str, embedding: Float32Array, hits: Sequence[Any]
+    ) -> list[tuple[str, Score]]:
+        """The index's cosine hits as the scorer scores them, best first. AS-Norm re-scores (and may
+        re-rank) the top hits with their voiceprints, read from the store."""
+        scorer = self.policy.scorer
+        if not hits:
+            return []
+        if scorer.score_type == "cosine":
+            return [
+                (
+                    h.speaker_id,
+                    Score(
+                        h.score,
+                        h.score,
+                        None if scorer.calibration is None else scorer.calibration.llr(h.score),
+                    ),
+                )
+                for h in hits
+            ]
+        voiceprints = await self.tenants.store(tenant).get_many([h.speaker_id for h in hits])
+        found = [vp for vp in voiceprints if vp is not None]
+        if not found:
+            return []
+        scores = scorer.score_many(embedding, np.stack([vp.direction() for vp in found]))
+        ranked = sorted(zip((vp.speaker_id for vp in found), scores, strict=True), key=lambda p: -p[1].value)
+        return ranked
 
     # --- speaker records -------------------------------------------------------------------------
     async def list_speakers(self, tenant: str, cursor: str | None, limit: int) -> SpeakerList:
@@ -346,6 +494,7 @@ class SpeakerOperations:
             metadata=vp.metadata,
             created_at=vp.created_at,
             updated_at=vp.updated_at,
+            expires_at=vp.expires_at,
         )
 
     async def _not_found(self, tenant: str, speaker_id: str) -> SpeakerNotFound:
@@ -363,39 +512,42 @@ class SpeakerOperations:
     # --- speech and embeddings -------------------------------------------------------------------
     def _require_speech(self, recordings: Sequence[Recording]) -> None:
         """Refuse the whole request, before any inference, when one recording has too little speech."""
-        needed = self.policy.min_speech_seconds
         for recording in recordings:
-            seconds = recording.speech_seconds
-            if seconds <= 0.0:
-                raise NoSpeech("no speech found in the recording", file=recording.name)
-            if seconds < needed:
-                raise NotEnoughSpeech(
-                    f"{seconds:.2f} s of speech found; at least {needed:g} s needed",
-                    file=recording.name,
-                    speech_seconds=round(seconds, 3),
-                    min_speech_seconds=needed,
-                )
+            self.policy.check_speech(recording)
 
     async def _embed(self, recordings: Sequence[Recording], waiting: Waiting) -> list[Float32Array]:
-        """Unit-length embeddings of all recordings, submitted together so the engine can batch them."""
+        return await embed_recordings(self.engine, recordings, waiting)
 
-        async def one(recording: Recording) -> Float32Array:
-            raw = await self.engine.embed(
-                recording.waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected
-            )
-            try:
-                return l2_normalize(raw)
-            except ValueError as exc:  # a degenerate input the model maps to the zero vector
-                raise InvalidAudio(
-                    "the model produced no usable embedding for this recording", file=recording.name
-                ) from exc
 
-        if not recordings:
-            raise InvalidRequest("no recordings")
-        # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
+async def embed_recordings(
+    engine: EmbeddingEngine,
+    recordings: Sequence[Recording],
+    waiting: Waiting,
+    *,
+    drop_non_speech: bool | None = None,
+) -> list[Float32Array]:
+    """Unit-length embeddings of all recordings, submitted together so the engine can batch them (only
+    their speech regions when the model's manifest says ``drop_non_speech``, or the caller does)."""
+    trim = engine.manifest.drop_non_speech if drop_non_speech is None else drop_non_speech
+
+    async def one(recording: Recording) -> Float32Array:
+        waveform = recording.waveform
+        if trim and recording.regions:
+            waveform = speech_only(waveform, list(recording.regions))
+        raw = await engine.embed(waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected)
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(r)) for r in recordings]
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        return [task.result() for task in tasks]
+            return l2_normalize(raw)
+        except ValueError as exc:  # a degenerate input the model maps to the zero vector
+            raise InvalidAudio(
+                "the model produced no usable embedding for this recording", file=recording.name
+            ) from exc
+
+    if not recordings:
+        raise InvalidRequest("no recordings")
+    # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(r)) for r in recordings]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]

@@ -6,12 +6,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.admission import Admitted
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
+from app.auth import Caller
 from app.observability import ARRIVED_STATE_KEY
 from app.speakers import Waiting
 from app.store.keys import SPEAKER_ID_PATTERN
@@ -24,12 +26,32 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def current_tenant(state: State) -> str:
-    """The tenant every operation of this request acts for."""
-    return state.settings.tenant
+# Both ways of presenting a key, declared so that the OpenAPI document names them.
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`voxgate keys create`).")
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 
 
-Tenant = Annotated[str, Depends(current_tenant)]
+async def authenticate(
+    request: Request,
+    state: State,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> Caller:
+    """The caller (tenant and key) of this request: 401 without a valid key, 429 over its rate limit."""
+    token = bearer.credentials if bearer is not None else api_key
+    return await state.gate.caller(token, request_id(request))
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def request_id(request: Request) -> str | None:
+    """The id the request middleware gave this request (logs, problems, the audit trail)."""
+    value = getattr(request.state, "request_id", None)
+    return str(value) if value is not None else None
+
+
+RequestId = Annotated[str | None, Depends(request_id)]
 
 
 def request_waiting(request: Request, state: State) -> Waiting:
@@ -48,8 +70,11 @@ RequestWaiting = Annotated[Waiting, Depends(request_waiting)]
 SpeakerIdPath = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="An enrolled speaker's id.")]
 
 
-async def admit_request(request: Request, state: State, waiting: RequestWaiting) -> AsyncIterator[Admitted]:
-    """Admission before the body is read (429/413 at once); its memory is given back when it ends."""
+async def admit_request(
+    request: Request, state: State, caller: CallerDep, waiting: RequestWaiting
+) -> AsyncIterator[Admitted]:
+    """Admission before the body is read (429/413 at once), after authentication: unauthenticated
+    requests never hold memory. The memory is given back when the request ends."""
     admitted = state.admission.admit(declared_length(request), waiting.deadline)
     try:
         yield admitted

@@ -5,7 +5,6 @@ errors (404/405) and, as a last resort, unexpected exceptions (500, details only
 from __future__ import annotations
 
 import logging
-import math
 from http import HTTPStatus
 from typing import Any
 
@@ -16,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
-from app.errors import Overloaded, VoxGateError
+from app.errors import VoxGateError
 from app.store.keys import invalid_speaker_id
 
 log = logging.getLogger(__name__)
@@ -59,9 +58,7 @@ def problem_response(
 
 async def _voxgate_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, VoxGateError)
-    headers = None
-    if isinstance(exc, Overloaded):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    headers = exc.headers() or None
     if exc.status >= 500:
         log.warning("request failed: %s: %s", exc.code, exc.detail)
     return problem_response(

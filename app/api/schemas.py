@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from app.selfcheck import SelfCheckResult
 
-ScoreType = Literal["cosine"]
+# What `score` is: a raw cosine, or AS-Norm against the model's cohort (VOXGATE_SCORE_NORMALIZATION).
+ScoreType = Literal["cosine", "asnorm"]
+LLR_DESCRIPTION = (
+    "Calibrated log-likelihood ratio (natural log) of `score`, from the model's logistic-regression "
+    "calibration (voxgate calibrate); null unless VOXGATE_CALIBRATED_SCORES=true. > 0 favours same speaker."
+)
 
 
 class _Out(BaseModel):
@@ -52,8 +57,9 @@ class EnrollResponse(_Out):
 class VerifyResponse(_Out):
     speaker_id: str | None = Field(description="The enrolled speaker compared against, if any.")
     reference: str | None = Field(None, description="Filename of the reference recording, if used.")
-    score: float = Field(description="Cosine similarity in [-1, 1].")
+    score: float = Field(description="The score score_type names: cosine similarity in [-1, 1], or AS-Norm.")
     score_type: ScoreType = "cosine"
+    llr: float | None = Field(None, description=LLR_DESCRIPTION)
     threshold: float
     match: bool = Field(description="score >= threshold")
     model: str
@@ -70,6 +76,7 @@ class IdentifyResponse(_Out):
     score: float | None = Field(description="Score of speaker_id (null when nobody matched).")
     candidates: list[Candidate] = Field(description="Best-scoring speakers, best first.")
     score_type: ScoreType = "cosine"
+    llr: float | None = Field(None, description=LLR_DESCRIPTION + " Of speaker_id's score.")
     threshold: float
     searched: int = Field(description="How many enrolled speakers were compared.")
     model: str
@@ -85,6 +92,11 @@ class Speaker(_Out):
     metadata: dict[str, Any]
     created_at: float = Field(description="Unix time")
     updated_at: float = Field(description="Unix time")
+    expires_at: float | None = Field(
+        None,
+        description="Unix time the voiceprint is deleted unless enrolled into or successfully verified "
+        "before (VOXGATE_RETENTION_DAYS); null = kept until deleted.",
+    )
 
 
 class SpeakerPage(_Out):

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from app.admission import Admission
 from app.api.forms import Forms
 from app.api.intake import AudioIntake
+from app.auth import Gate
 from app.engine.engine import EmbeddingEngine
 from app.manifest import ModelManifest
 from app.settings import Settings
@@ -27,6 +28,7 @@ class AppState:
     forms: Forms
     admission: Admission
     intake: AudioIntake
+    gate: Gate
     registry: CollectorRegistry
 
     @property

@@ -14,6 +14,19 @@ from app.errors import InvalidSpeakerId
 # No ':' (the key separator), no spaces or control characters; short enough for logs and keys.
 SPEAKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 _SPEAKER_ID_RE = re.compile(SPEAKER_ID_PATTERN)
+# Tenant names: the same alphabet as ids but no '@'; they start with a letter or digit ('_' names are
+# the service's own, e.g. the audit stream of requests that named no valid key).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_TENANT_RE = re.compile(TENANT_PATTERN)
+UNAUTHENTICATED_TENANT = "_unauthenticated"
+
+
+def validate_tenant(tenant: str) -> str:
+    if not _TENANT_RE.fullmatch(tenant):
+        raise ValueError(
+            "a tenant name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return tenant
 
 
 def invalid_speaker_id() -> InvalidSpeakerId:
@@ -71,3 +84,47 @@ class KeySchema:
     def models(self) -> str:
         """Set of every model key that has stored speakers in this tenant."""
         return f"{self.tenant_prefix}:models"
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set of the model's speaker ids scored by their expiry time (retention)."""
+        return f"{self.prefix}:expiry"
+
+    @property
+    def data_keys(self) -> str:
+        """Hash: the tenant's data keys (voiceprint encryption), wrapped by the key-encryption key."""
+        return f"{self.tenant_prefix}:datakeys"
+
+    @property
+    def audit(self) -> str:
+        """Stream: the tenant's audit trail (capped)."""
+        return f"{self.tenant_prefix}:audit"
+
+    @property
+    def tenants(self) -> str:
+        """Set of every tenant that has stored voiceprints (namespace-wide)."""
+        return tenants_key(self.namespace)
+
+
+def tenants_key(namespace: str) -> str:
+    return f"{namespace}:tenants"
+
+
+def api_key_key(namespace: str, key_id: str) -> str:
+    """Hash: one API key (hash of its secret, tenant, label, limits, times); namespace-wide."""
+    return f"{namespace}:apikey:{key_id}"
+
+
+def api_keys_index(namespace: str) -> str:
+    """Sorted set of every API key id, scored by creation time."""
+    return f"{namespace}:apikeys"
+
+
+def rate_bucket_key(namespace: str, key_id: str) -> str:
+    """Hash: one API key's token bucket (tokens, last refill), shared by every replica."""
+    return f"{namespace}:ratelimit:{key_id}"
+
+
+def crypto_check_key(namespace: str) -> str:
+    """Hash: the key-encryption key's fingerprint and a check value only that key opens."""
+    return f"{namespace}:crypto"

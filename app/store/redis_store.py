@@ -5,6 +5,12 @@ enrollment adds atomically (one Lua script) and the mean is ``sum / count``; its
 cosine scoring needs — is the direction of the sum. Key layout: ``app.store.keys`` and
 docs/redis-schema.md.
 
+With a key-encryption key configured (``app.store.vault``), the sum and the metadata are sealed
+(``app.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
+so an enrollment then reads, adds and writes back under a revision check (optimistic concurrency,
+retried). Retention: every enrollment and every successful verification moves a speaker's expiry
+(``expires_at``; the ``expiry`` sorted set lets ``sweep_expired`` find the ones whose time has come).
+
 All calls go through ``redis.asyncio`` (never blocking the event loop). Connection problems are
 raised as ``StoreUnavailable`` (503); the client reconnects by itself on the next call, so the
 service recovers without a restart once Redis is back.
@@ -12,7 +18,9 @@ service recovers without a restart once Redis is back.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,20 +31,49 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from app.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
 from app.errors import StoreUnavailable
 from app.store.keys import KeySchema
+from app.store.vault import Vault
 from app.vectors import l2_normalize
 
 # Changes kept in the stream for replicas to replay; a replica further behind reloads everything.
 DEFAULT_CHANGES_MAXLEN = 100_000
 _SCAN_BATCH = 2000
 
-# Adds a batch of utterance embeddings to a voiceprint: float32 sums element-wise (Lua doubles,
-# stored back as float32), counters, bookkeeping, the speaker set, the version and the change stream
-# — all in one atomic step, so concurrent enrollments into one speaker never lose an update.
-_ENROLL_LUA = """
-local dim = tonumber(ARGV[7])
+# What every enrollment writes besides the voiceprint itself, in the same atomic step: bookkeeping,
+# the speaker set, the version and the change stream, the model and tenant registries, the expiry.
+# KEYS: speaker hash, speakers, version, changes, models, expiry, tenants.
+# ARGV (from 3 on, shared): count, speech, metadata, now, speaker id, changes maxlen, model key,
+# expires_at ('' = never), tenant; ARGV[1], ARGV[2] belong to the variant.
+_ENROLL_BOOKKEEPING = """
+local count = redis.call('HINCRBY', KEYS[1], 'count', tonumber(ARGV[3]))
+local speech = redis.call('HINCRBYFLOAT', KEYS[1], 'speech_seconds', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[5]) end
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[10])
+  redis.call('ZADD', KEYS[6], tonumber(ARGV[10]), ARGV[7])
+else
+  redis.call('HDEL', KEYS[1], 'expires_at')
+  redis.call('ZREM', KEYS[6], ARGV[7])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[7])
+local v = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'v', v, 'op', 'upsert', 'id', ARGV[7])
+redis.call('SADD', KEYS[5], ARGV[9])
+redis.call('SADD', KEYS[7], ARGV[11])
+return {v, count, speech, created}
+"""
+
+# Plain voiceprints: adds the batch's float32 sum element-wise (Lua doubles, stored back as float32),
+# so concurrent enrollments into one speaker never lose an update. ARGV[1] = sum, ARGV[2] = dim.
+_ENROLL_ADD_LUA = """
+local dim = tonumber(ARGV[2])
 local add = ARGV[1]
 if #add ~= 4 * dim then return redis.error_reply('ERR embedding size mismatch') end
 local old = redis.call('HGET', KEYS[1], 'sum')
@@ -53,27 +90,62 @@ if old then
   end
   new = table.concat(parts)
 else
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[5])
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[6])
 end
-redis.call('HSET', KEYS[1], 'sum', new, 'updated_at', ARGV[5])
-local count = redis.call('HINCRBY', KEYS[1], 'count', tonumber(ARGV[2]))
-local speech = redis.call('HINCRBYFLOAT', KEYS[1], 'speech_seconds', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[4]) end
-redis.call('ZADD', KEYS[2], 0, ARGV[6])
-local v = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'v', v, 'op', 'upsert', 'id', ARGV[6])
-redis.call('SADD', KEYS[5], ARGV[9])
-return {v, count, speech, new, created}
-"""
+redis.call('HSET', KEYS[1], 'sum', new)
+""" + _ENROLL_BOOKKEEPING.replace(
+    "return {v, count, speech, created}", "return {v, count, speech, created, new}"
+)
 
+# Sealed voiceprints: stores the new sealed sum computed by the caller, only if nobody enrolled into the
+# speaker since the caller read it (revision check; the caller retries). ARGV[1] = sealed sum,
+# ARGV[2] = the revision the caller read ('0' when the speaker did not exist).
+_ENROLL_SET_LUA = (
+    """
+local rev = redis.call('HGET', KEYS[1], 'rev') or '0'
+if rev ~= ARGV[2] then return {-1} end
+local created = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  created = 1
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[6])
+end
+redis.call('HSET', KEYS[1], 'sum', ARGV[1])
+"""
+    + _ENROLL_BOOKKEEPING
+)
+
+# KEYS: speaker hash, speakers, version, changes, expiry. ARGV: speaker id, maxlen,
+# only_expired_before ('' = unconditional).
 _DELETE_LUA = """
+if ARGV[3] ~= '' then
+  local at = redis.call('HGET', KEYS[1], 'expires_at')
+  if (not at) or tonumber(at) > tonumber(ARGV[3]) then
+    redis.call('ZREM', KEYS[5], ARGV[1])
+    if not at then return 0 end
+    redis.call('ZADD', KEYS[5], tonumber(at), ARGV[1])
+    return 0
+  end
+end
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 if n == 0 then return 0 end
 local v = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'v', v, 'op', 'delete', 'id', ARGV[1])
 return v
 """
+
+# A successful verification keeps a voiceprint alive: moves its expiry (no change event: the
+# embedding did not change). KEYS: speaker hash, expiry. ARGV: expires_at, speaker id.
+_TOUCH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), ARGV[2])
+return 1
+"""
+
+# Sealed enrollments retried this often when other enrollments into the same speaker keep winning.
+MAX_ENROLL_ATTEMPTS = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +157,7 @@ class Voiceprint:
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    expires_at: float | None = None  # retention: when it expires unless enrolled into or verified
 
     def direction(self) -> npt.NDArray[np.float32]:
         """The unit vector of the mean embedding (what cosine scoring compares)."""
@@ -124,6 +197,21 @@ def _text(value: object) -> str:
     raise TypeError(f"unexpected Redis reply {type(value).__name__}")
 
 
+def redis_client(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
+    """The service's Redis client. Short timeouts: a dead Redis must turn into a quick 503, not a hung
+    request. A command that meets a connection Redis closed (it restarted) is retried once on a fresh
+    connection, so the first request after Redis is back succeeds; a timeout is not retried."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=10,
+        decode_responses=False,
+        retry=Retry(NoBackoff(), retries=1),
+        retry_on_error=[redis_exc.ConnectionError],
+    )
+
+
 @asynccontextmanager
 async def redis_errors() -> AsyncIterator[None]:
     """Map driver connection failures to ``StoreUnavailable`` (the one place that does it)."""
@@ -142,32 +230,49 @@ class RedisVoiceprintStore:
         *,
         owns_client: bool,
         changes_maxlen: int = DEFAULT_CHANGES_MAXLEN,
+        vault: Vault | None = None,
+        retention_s: float | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.dim = dim
         self.owns_client = owns_client
         self.changes_maxlen = changes_maxlen
-        self._enroll = client.register_script(_ENROLL_LUA)
+        self.vault = vault if vault is not None else Vault(client, keys.namespace, None)
+        self.retention_s = retention_s
+        self._enroll_add = client.register_script(_ENROLL_ADD_LUA)
+        self._enroll_set = client.register_script(_ENROLL_SET_LUA)
         self._delete = client.register_script(_DELETE_LUA)
+        self._touch = client.register_script(_TOUCH_LUA)
 
     @classmethod
-    def from_url(cls, url: str, keys: KeySchema, dim: int, *, timeout_s: float = 2.0) -> RedisVoiceprintStore:
-        # Short timeouts: a dead Redis must turn into a quick 503, not a hung request.
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=10,
-            decode_responses=False,
-        )
-        return cls(client, keys, dim, owns_client=True)
+    def from_url(
+        cls,
+        url: str,
+        keys: KeySchema,
+        dim: int,
+        *,
+        timeout_s: float = 2.0,
+        kek: KeyEncryptionKey | None = None,
+        retention_s: float | None = None,
+    ) -> RedisVoiceprintStore:
+        client = redis_client(url, timeout_s=timeout_s)
+        vault = Vault(client, keys.namespace, kek)
+        return cls(client, keys, dim, owns_client=True, vault=vault, retention_s=retention_s)
 
     def for_tenant(self, tenant: str) -> RedisVoiceprintStore:
-        """The same client and model, ``tenant``'s keys (the view does not own the client)."""
-        keys = KeySchema(self.keys.namespace, tenant, self.keys.model_key)
+        """The same client, vault and model, ``tenant``'s keys (the view does not own the client)."""
+        return self.for_keys(KeySchema(self.keys.namespace, tenant, self.keys.model_key))
+
+    def for_keys(self, keys: KeySchema) -> RedisVoiceprintStore:
         return RedisVoiceprintStore(
-            self.client, keys, self.dim, owns_client=False, changes_maxlen=self.changes_maxlen
+            self.client,
+            keys,
+            self.dim,
+            owns_client=False,
+            changes_maxlen=self.changes_maxlen,
+            vault=self.vault,
+            retention_s=self.retention_s,
         )
 
     async def close(self) -> None:
@@ -181,11 +286,39 @@ class RedisVoiceprintStore:
         except StoreUnavailable:
             return False
 
+    # --- sealing ---
+    async def _data_keys(self, *, create: bool = False) -> DataKeys | None:
+        if not self.vault.enabled:
+            return None
+        async with redis_errors():
+            return await self.vault.data_keys(self.keys, create=create)
+
+    def _aad(self, speaker_id: str, field_name: str) -> bytes:
+        k = self.keys
+        return value_aad(k.namespace, k.tenant, k.model_key, speaker_id, field_name)
+
+    def _open(self, data_keys: DataKeys | None, speaker_id: str, field_name: str, raw: bytes) -> bytes | None:
+        """A stored value as plain bytes; None when it is sealed and cannot be opened any more (its
+        tenant's data keys are gone: crypto-erased)."""
+        if sealed_version(raw) is None:
+            return raw
+        if data_keys is None:
+            return None
+        try:
+            return data_keys.open(raw, self._aad(speaker_id, field_name))
+        except CryptoError:
+            return None
+
+    def _expires_at(self, now: float) -> str:
+        return "" if self.retention_s is None else repr(now + self.retention_s)
+
     # --- speakers ---
     async def get(self, speaker_id: str) -> Voiceprint | None:
         async with redis_errors():
             raw: Any = await self.client.hgetall(self.keys.speaker(speaker_id))
-        return self._parse(speaker_id, raw) if raw else None
+        if not raw:
+            return None
+        return self._parse(speaker_id, raw, await self._data_keys(), time.time())
 
     async def add_utterances(
         self,
@@ -199,29 +332,56 @@ class RedisVoiceprintStore:
         vec = np.asarray(embedding_sum, dtype="<f4")
         if vec.shape != (self.dim,):
             raise ValueError(f"embedding sum has shape {vec.shape}, want ({self.dim},)")
+        data_keys = await self._data_keys(create=True)
+        meta = json.dumps(metadata, separators=(",", ":")).encode() if metadata is not None else b""
+        if data_keys is not None and meta:
+            meta = data_keys.seal(meta, self._aad(speaker_id, "metadata"))
         k = self.keys
-        args: list[Any] = [
-            vec.tobytes(),
+        keys = [k.speaker(speaker_id), k.speakers, k.version, k.changes, k.models, k.expiry, k.tenants]
+        now = time.time()
+        shared: list[Any] = [
             count,
             repr(float(speech_seconds)),
-            json.dumps(metadata, separators=(",", ":")) if metadata is not None else "",
-            repr(time.time()),
+            meta,
+            repr(now),
             speaker_id,
-            self.dim,
             self.changes_maxlen,
             k.model_key,
+            self._expires_at(now),
+            k.tenant,
         ]
-        async with redis_errors():
-            version, total, speech, new_sum, created = await self._enroll(
-                keys=[k.speaker(speaker_id), k.speakers, k.version, k.changes, k.models], args=args
+        if data_keys is None:
+            async with redis_errors():
+                version, total, speech, created, new_sum = await self._enroll_add(
+                    keys=keys, args=[vec.tobytes(), self.dim, *shared]
+                )
+            return EnrollResult(
+                int(version), int(total), float(speech), self._parse_sum(new_sum), bool(int(created))
             )
-        return EnrollResult(
-            version=int(version),
-            count=int(total),
-            speech_seconds=float(speech),
-            sum=self._parse_sum(new_sum),
-            created=bool(int(created)),
-        )
+        for _ in range(MAX_ENROLL_ATTEMPTS):
+            async with redis_errors():
+                current: Any = await self.client.hmget(k.speaker(speaker_id), ["sum", "rev"])
+                stored, rev = current
+            old = self._open(data_keys, speaker_id, "sum", stored) if stored else None
+            total_sum = vec if old is None else (self._parse_sum(old) + vec).astype("<f4")
+            sealed = data_keys.seal(total_sum.tobytes(), self._aad(speaker_id, "sum"))
+            async with redis_errors():
+                reply = await self._enroll_set(keys=keys, args=[sealed, _text(rev) if rev else "0", *shared])
+            if int(reply[0]) >= 0:
+                version, total, speech, created = reply
+                return EnrollResult(int(version), int(total), float(speech), total_sum, bool(int(created)))
+            await asyncio.sleep(random.uniform(0.0, 0.005))  # another enrollment won: read again
+        raise StoreUnavailable(f"speaker {speaker_id!r} is being enrolled into too often at once; retry")
+
+    async def touch(self, speaker_id: str) -> None:
+        """A successful verification: the voiceprint's retention starts again."""
+        if self.retention_s is None:
+            return
+        k = self.keys
+        async with redis_errors():
+            await self._touch(
+                keys=[k.speaker(speaker_id), k.expiry], args=[self._expires_at(time.time()), speaker_id]
+            )
 
     async def delete_everywhere(self, speaker_id: str) -> list[str]:
         """Delete the speaker under every model of the tenant; returns the model keys it was under."""
@@ -231,13 +391,26 @@ class RedisVoiceprintStore:
             deleted: list[str] = []
             for model_key in sorted(model_keys):
                 mk = KeySchema(self.keys.namespace, self.keys.tenant, model_key)
-                version = await self._delete(
-                    keys=[mk.speaker(speaker_id), mk.speakers, mk.version, mk.changes],
-                    args=[speaker_id, self.changes_maxlen],
-                )
-                if int(version) > 0:
+                if await self._delete_one(mk, speaker_id, expired_before=None):
                     deleted.append(model_key)
         return deleted
+
+    async def _delete_one(self, mk: KeySchema, speaker_id: str, expired_before: float | None) -> bool:
+        version = await self._delete(
+            keys=[mk.speaker(speaker_id), mk.speakers, mk.version, mk.changes, mk.expiry],
+            args=[speaker_id, self.changes_maxlen, "" if expired_before is None else repr(expired_before)],
+        )
+        return int(version) > 0
+
+    async def sweep_expired(self, now: float | None = None, limit: int = 500) -> list[str]:
+        """Delete the speakers (of this tenant and model) whose retention ran out; returns their ids."""
+        now = time.time() if now is None else now
+        async with redis_errors():
+            due = [
+                _text(r)
+                for r in await self.client.zrangebyscore(self.keys.expiry, "-inf", now, start=0, num=limit)
+            ]
+            return [sid for sid in due if await self._delete_one(self.keys, sid, expired_before=now)]
 
     async def other_models_with(self, speaker_id: str) -> list[str]:
         """Model keys (other than ours) under which this speaker id is enrolled."""
@@ -250,6 +423,11 @@ class RedisVoiceprintStore:
                 if await self.client.exists(self.keys.speaker_of_model(model_key, speaker_id)):
                     found.append(model_key)
         return found
+
+    async def model_keys(self) -> list[str]:
+        """Every model key with stored speakers in this tenant."""
+        async with redis_errors():
+            return sorted(_text(m) for m in await self.client.smembers(self.keys.models))
 
     async def count(self) -> int:
         async with redis_errors():
@@ -270,7 +448,11 @@ class RedisVoiceprintStore:
             for sid in speaker_ids:
                 pipe.hgetall(self.keys.speaker(sid))
             raws = await pipe.execute()
-        return [self._parse(sid, raw) for sid, raw in zip(speaker_ids, raws, strict=True) if raw]
+        data_keys, now = await self._data_keys(), time.time()
+        parsed = [
+            self._parse(sid, raw, data_keys, now) for sid, raw in zip(speaker_ids, raws, strict=True) if raw
+        ]
+        return [vp for vp in parsed if vp is not None]
 
     async def get_sums(self, speaker_ids: list[str]) -> list[npt.NDArray[np.float32] | None]:
         """Only the voiceprint sums (what the index needs), None for speakers that are gone."""
@@ -279,9 +461,15 @@ class RedisVoiceprintStore:
         async with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for sid in speaker_ids:
-                pipe.hget(self.keys.speaker(sid), "sum")
+                pipe.hmget(self.keys.speaker(sid), ["sum", "expires_at"])
             raws = await pipe.execute()
-        return [self._parse_sum(raw) if raw else None for raw in raws]
+        data_keys, now = await self._data_keys(), time.time()
+        sums: list[npt.NDArray[np.float32] | None] = []
+        for sid, (raw_sum, expires) in zip(speaker_ids, raws, strict=True):
+            opened = self._open(data_keys, sid, "sum", raw_sum) if raw_sum else None
+            alive = expires is None or float(expires) > now
+            sums.append(self._parse_sum(opened) if opened is not None and alive else None)
+        return sums
 
     # --- change feed for replica-local indexes ---
     async def version(self) -> int:
@@ -335,14 +523,26 @@ class RedisVoiceprintStore:
             raise ValueError(f"stored voiceprint has {vec.size} values, model dim is {self.dim}")
         return vec
 
-    def _parse(self, speaker_id: str, raw: dict[bytes, bytes]) -> Voiceprint:
+    def _parse(
+        self, speaker_id: str, raw: dict[bytes, bytes], data_keys: DataKeys | None, now: float
+    ) -> Voiceprint | None:
+        """A stored hash as a Voiceprint; None when it expired (not yet swept) or cannot be opened."""
+        expires = raw.get(b"expires_at")
+        expires_at = float(expires) if expires else None
+        if expires_at is not None and expires_at <= now:
+            return None
+        opened = self._open(data_keys, speaker_id, "sum", raw[b"sum"]) if b"sum" in raw else None
+        if opened is None:
+            return None
         meta_raw = raw.get(b"metadata")
+        meta = self._open(data_keys, speaker_id, "metadata", meta_raw) if meta_raw else None
         return Voiceprint(
             speaker_id=speaker_id,
-            sum=self._parse_sum(raw[b"sum"]),
+            sum=self._parse_sum(opened),
             count=int(raw.get(b"count", b"0")),
             speech_seconds=float(raw.get(b"speech_seconds", b"0")),
-            metadata=json.loads(meta_raw) if meta_raw else {},
+            metadata=json.loads(meta) if meta else {},
             created_at=float(raw.get(b"created_at", b"0")),
             updated_at=float(raw.get(b"updated_at", b"0")),
+            expires_at=expires_at,
         )

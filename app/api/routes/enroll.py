@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import AdmittedRequest, EnrollFormData, RequestWaiting, State, Tenant
+from app.api.deps import AdmittedRequest, CallerDep, EnrollFormData, RequestId, RequestWaiting, State
 from app.api.forms import Forms, openapi_body
 from app.api.routes.openapi import problems
 from app.api.schemas import EnrollResponse
@@ -19,17 +19,27 @@ def build_router(forms: Forms) -> APIRouter:
         "/enroll",
         response_model=EnrollResponse,
         openapi_extra=openapi_body(forms.enroll),
-        responses=problems(400, 413, 415, 422, 429, 503, 504),
+        responses=problems(400, 401, 413, 415, 422, 429, 503, 504),
     )
     async def enroll(
-        state: State, tenant: Tenant, form: EnrollFormData, admitted: AdmittedRequest, waiting: RequestWaiting
+        state: State,
+        caller: CallerDep,
+        request_id: RequestId,
+        form: EnrollFormData,
+        admitted: AdmittedRequest,
+        waiting: RequestWaiting,
     ) -> EnrollResponse:
         """Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
         once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
         accepted. A recording unlike the existing voiceprint (cosine below the threshold) is still added,
         with a warning."""
-        recordings = await state.intake.decode(form.audio, admitted, waiting)
-        result = await state.speakers.enroll(tenant, form.speaker_id, recordings, form.metadata, waiting)
+        async with state.gate.audit.audited(
+            caller.tenant, caller.key_id, "enroll", form.speaker_id, request_id
+        ):
+            recordings = await state.intake.decode(form.audio, admitted, waiting)
+            result = await state.speakers.enroll(
+                caller.tenant, form.speaker_id, recordings, form.metadata, waiting
+            )
         return EnrollResponse.model_validate({**asdict(result), "model": state.model_key})
 
     return router

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import AdmittedRequest, IdentifyFormData, RequestWaiting, State, Tenant
+from app.api.deps import AdmittedRequest, CallerDep, IdentifyFormData, RequestWaiting, State
 from app.api.forms import Forms, openapi_body
 from app.api.routes.openapi import problems
 from app.api.schemas import IdentifyResponse
@@ -19,11 +19,11 @@ def build_router(forms: Forms) -> APIRouter:
         "/identify",
         response_model=IdentifyResponse,
         openapi_extra=openapi_body(forms.identify),
-        responses=problems(400, 413, 415, 422, 429, 503, 504),
+        responses=problems(400, 401, 413, 415, 422, 429, 503, 504),
     )
     async def identify(
         state: State,
-        tenant: Tenant,
+        caller: CallerDep,
         form: IdentifyFormData,
         admitted: AdmittedRequest,
         waiting: RequestWaiting,
@@ -32,7 +32,7 @@ def build_router(forms: Forms) -> APIRouter:
         `speaker_id` is the best candidate when its score reaches the threshold, else null."""
         (probe,) = await state.intake.decode([form.audio], admitted, waiting)
         result = await state.speakers.identify(
-            tenant,
+            caller.tenant,
             probe,
             top_k=form.top_k,
             candidates=form.candidates,

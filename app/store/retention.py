@@ -1,0 +1,69 @@
+"""Retention: voiceprints nobody enrolled into or verified against for ``VOXGATE_RETENTION_DAYS`` go away.
+
+Every enrollment and every successful verification moves a speaker's ``expires_at``. Reads treat an
+expired speaker as gone at once; this sweeper deletes them for good (hash, lists, index rows on every
+replica through the change stream), every ``interval_s``, for every tenant and model. Sweeps by several
+replicas are harmless: each deletion checks, atomically, that the speaker is still expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from app.errors import StoreUnavailable
+from app.store.keys import KeySchema
+from app.store.redis_store import RedisVoiceprintStore, redis_errors
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 60.0
+
+
+class RetentionSweeper:
+    def __init__(self, store: RedisVoiceprintStore, interval_s: float = SWEEP_INTERVAL_S) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> int:
+        """One pass over every tenant and model; the number of voiceprints deleted."""
+        root = self.store
+        async with redis_errors():
+            tenants: Any = await root.client.smembers(root.keys.tenants)
+        deleted = 0
+        for raw_tenant in sorted(tenants):
+            tenant = raw_tenant.decode() if isinstance(raw_tenant, bytes) else str(raw_tenant)
+            view = root.for_tenant(tenant)
+            for model_key in await view.model_keys():
+                gone = await root.for_keys(KeySchema(root.keys.namespace, tenant, model_key)).sweep_expired()
+                if gone:
+                    log.info(
+                        "expired voiceprints deleted",
+                        extra={"tenant": tenant, "model": model_key, "speakers": len(gone)},
+                    )
+                deleted += len(gone)
+        return deleted
+
+    def start(self) -> None:
+        if self.store.retention_s is not None:
+            self._task = asyncio.create_task(self._run(), name="retention-sweeper")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                log.warning("retention sweep failed: %s", exc)
+            except Exception:  # keep sweeping; a bug here must not stop retention silently
+                log.exception("retention sweep crashed")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

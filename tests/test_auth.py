@@ -1,0 +1,352 @@
+"""Who may do what: API keys bound to tenants, 401s, tenant isolation on every endpoint, per-key rate limits
+shared by replicas, and the audit trail - against a real redis-server, the real app and real `voxgate`
+processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from app.audit import AuditLog
+from app.auth import ApiKeys
+from app.main import create_app
+from app.settings import Settings
+from app.store.redis_store import redis_client
+from tests.support import (
+    REPO_ROOT,
+    LiveService,
+    OwnRedis,
+    RedisProcess,
+    build_tiny_model,
+    redis_snapshot,
+    settings_for,
+    speech_files,
+    wav_bytes,
+)
+
+SPEECH = speech_files()
+PROTECTED = [
+    ("POST", "/enroll"),
+    ("POST", "/verify"),
+    ("POST", "/identify"),
+    ("GET", "/speakers"),
+    ("GET", "/speakers/alice"),
+    ("DELETE", "/speakers/alice"),
+]
+
+
+def wav(path: Path, field: str = "audio") -> tuple[str, tuple[str, bytes, str]]:
+    return (field, (path.name, wav_bytes(path), "audio/wav"))
+
+
+def voxgate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def new_key(settings: Settings, tenant: str, **limits: Any) -> tuple[str, str]:
+    """(key id, key text) for ``tenant``, created in the settings' Redis namespace."""
+
+    async def create() -> tuple[str, str]:
+        client = redis_client(settings.redis_url or "")
+        try:
+            record, secret = await ApiKeys(client, settings.redis_namespace).create(tenant, "tests", **limits)
+            return record.key_id, secret
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+def audit_events(settings: Settings, tenant: str) -> list[Any]:
+    async def read() -> list[Any]:
+        client = redis_client(settings.redis_url or "")
+        try:
+            return await AuditLog(client, settings.redis_namespace, 1000).read(tenant)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess, tiny_model: Path) -> Settings:
+    return settings_for(redis_server.url, tiny_model, auth="required", rate_limit_rps=0.0)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+# --- auth mode --------------------------------------------------------------------------------------
+def test_keys_are_required_off_loopback_by_default(tiny_model: Path) -> None:
+    assert Settings(host="127.0.0.1").auth_required is False
+    assert Settings(host="::1").auth_required is False
+    assert Settings(host="0.0.0.0").auth_required is True
+    assert Settings(host="10.1.2.3").auth_required is True
+    assert Settings(host="0.0.0.0", auth="off").auth_required is False
+    assert Settings(host="127.0.0.1", auth="required").auth_required is True
+
+
+def test_auth_off_on_a_public_address_logs_a_warning(
+    redis_server: RedisProcess, tiny_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(redis_server.url, tiny_model, host="0.0.0.0", auth="off")
+    with caplog.at_level(logging.WARNING), TestClient(create_app(settings)) as c:
+        assert c.get("/speakers").status_code == 200  # off means off
+    assert any("VOXGATE_AUTH=off on 0.0.0.0" in r.getMessage() for r in caplog.records)
+
+
+# --- 401 ----------------------------------------------------------------------------------------------
+def test_every_endpoint_refuses_a_missing_malformed_tampered_unknown_or_revoked_key(
+    client: TestClient, settings: Settings
+) -> None:
+    key_id, key = new_key(settings, "acme")
+    revoked_id, revoked = new_key(settings, "acme")
+    asyncio.run(_revoke(settings, revoked_id))
+    tampered = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    unknown = f"vgk_{'0' * 12}_{key.rsplit('_', 1)[1]}"
+    cases = {
+        "missing": ({}, "missing_api_key"),
+        "malformed": (bearer("hello"), "invalid_api_key"),
+        "tampered": (bearer(tampered), "invalid_api_key"),
+        "unknown": ({"X-API-Key": unknown}, "invalid_api_key"),
+        "revoked": (bearer(revoked), "revoked_api_key"),
+    }
+    before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
+    for method, path in PROTECTED:
+        for name, (headers, code) in cases.items():
+            files = [wav(SPEECH["librispeech_1688"][0])] if method == "POST" else None
+            data = {"speaker_id": "alice"} if path != "/identify" and method == "POST" else None
+            r = client.request(method, path, headers=headers, files=files, data=data)
+            assert r.status_code == 401, (method, path, name, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["code"] == code, (method, path, name)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+    assert redis_snapshot(settings.redis_url or "", settings.redis_namespace) == before
+    # Both ways of presenting a valid key work.
+    assert client.get("/speakers", headers=bearer(key)).status_code == 200
+    assert client.get("/speakers", headers={"X-API-Key": key}).status_code == 200
+    # The refusals are in the audit trail: named keys under their tenant, the rest unauthenticated.
+    tenant_events = audit_events(settings, "acme")
+    assert {e.outcome for e in tenant_events} >= {"invalid_api_key", "revoked_api_key"}
+    assert {e.key_id for e in tenant_events if e.outcome == "invalid_api_key"} == {key_id}
+    anonymous = audit_events(settings, "_unauthenticated")
+    assert {e.outcome for e in anonymous} == {"missing_api_key", "invalid_api_key"}
+    assert all(e.key_id is None and e.request_id for e in anonymous)
+
+
+async def _revoke(settings: Settings, key_id: str) -> None:
+    client = redis_client(settings.redis_url or "")
+    try:
+        assert await ApiKeys(client, settings.redis_namespace).revoke(key_id) is not None
+    finally:
+        await client.aclose()
+
+
+def test_operations_endpoints_stay_open_and_the_document_declares_the_schemes(client: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    assert any(s.get("scheme") == "bearer" for s in schemes.values())
+    assert any(s.get("name") == "X-API-Key" and s.get("in") == "header" for s in schemes.values())
+    for path, method in [("/enroll", "post"), ("/speakers/{speaker_id}", "delete"), ("/speakers", "get")]:
+        assert document["paths"][path][method]["security"], path
+    assert "security" not in document["paths"]["/healthz"]["get"]
+
+
+# --- tenants ------------------------------------------------------------------------------------------
+def test_tenants_never_see_each_others_speakers(client: TestClient, settings: Settings) -> None:
+    _, key_a = new_key(settings, "tenant-a")
+    _, key_b = new_key(settings, "tenant-b")
+    a, b = bearer(key_a), bearer(key_b)
+    # The same id in both tenants, other voices; and one speaker only B has.
+    assert (
+        client.post(
+            "/enroll", headers=a, data={"speaker_id": "alice"}, files=[wav(SPEECH["vctk_p225"][0])]
+        ).status_code
+        == 200
+    )
+    assert (
+        client.post(
+            "/enroll", headers=b, data={"speaker_id": "alice"}, files=[wav(SPEECH["vctk_p226"][0])]
+        ).status_code
+        == 200
+    )
+    assert (
+        client.post(
+            "/enroll", headers=b, data={"speaker_id": "bob"}, files=[wav(SPEECH["librispeech_2033"][0])]
+        ).status_code
+        == 200
+    )
+
+    # list and get
+    assert [s["speaker_id"] for s in client.get("/speakers", headers=a).json()["items"]] == ["alice"]
+    assert client.get("/speakers", headers=a).json()["total"] == 1
+    assert [s["speaker_id"] for s in client.get("/speakers", headers=b).json()["items"]] == ["alice", "bob"]
+    never = client.get("/speakers/nobody", headers=a).json()
+    hidden = client.get("/speakers/bob", headers=a)
+    assert hidden.status_code == 404
+    assert hidden.json()["code"] == never["code"] == "speaker_not_found"
+    assert hidden.json()["detail"] == never["detail"].replace("nobody", "bob")  # exactly as never enrolled
+
+    # verify against the other tenant's speaker: it does not exist
+    r = client.post(
+        "/verify", headers=a, data={"speaker_id": "bob"}, files=[wav(SPEECH["librispeech_2033"][1])]
+    )
+    assert r.status_code == 404
+    assert r.json()["code"] == "speaker_not_found"
+
+    # identify searches the caller's tenant only (the replica-local indexes are kept apart)
+    found_a = client.post(
+        "/identify", headers=a, files=[wav(SPEECH["librispeech_2033"][1])], data={"top_k": "10"}
+    ).json()
+    assert [c["speaker_id"] for c in found_a["candidates"]] == ["alice"]
+    assert found_a["searched"] == 1
+    found_b = client.post(
+        "/identify", headers=b, files=[wav(SPEECH["librispeech_2033"][1])], data={"top_k": "10"}
+    ).json()
+    assert sorted(c["speaker_id"] for c in found_b["candidates"]) == ["alice", "bob"]
+    with_candidates = client.post(
+        "/identify", headers=a, files=[wav(SPEECH["vctk_p225"][1])], data={"candidates": "alice,bob"}
+    ).json()
+    assert [c["speaker_id"] for c in with_candidates["candidates"]] == ["alice"]
+    assert with_candidates["warnings"][0]["code"] == "unknown_candidates"
+
+    # delete: A cannot delete B's bob; deleting A's alice leaves B's alice
+    assert client.delete("/speakers/bob", headers=a).status_code == 404
+    assert client.delete("/speakers/alice", headers=a).status_code == 200
+    assert client.get("/speakers/alice", headers=b).status_code == 200
+    assert client.get("/speakers/bob", headers=b).status_code == 200
+    assert client.get("/speakers/alice", headers=a).status_code == 404
+
+    # and the audit trail of each tenant holds its own events only
+    events_a = audit_events(settings, "tenant-a")
+    assert [(e.action, e.speaker_id, e.outcome) for e in events_a] == [
+        ("enroll", "alice", "ok"),
+        ("delete", "bob", "speaker_not_found"),
+        ("delete", "alice", "ok"),
+    ]
+    assert all(e.tenant == "tenant-a" and e.request_id for e in events_a)
+    assert [(e.action, e.speaker_id) for e in audit_events(settings, "tenant-b")] == [
+        ("enroll", "alice"),
+        ("enroll", "bob"),
+    ]
+
+
+def test_refused_enrollments_are_audited_with_their_code(client: TestClient, settings: Settings) -> None:
+    _, key = new_key(settings, "acme")
+    broken = ("audio", ("s.wav", b"RIFF\0\0\0\0WAVE" + b"\0" * 100, "audio/wav"))
+    r = client.post("/enroll", headers=bearer(key), data={"speaker_id": "carol"}, files=[broken])
+    assert r.status_code == 400
+    (event,) = audit_events(settings, "acme")
+    assert (event.action, event.speaker_id, event.outcome) == ("enroll", "carol", "invalid_audio")
+    assert event.request_id == r.headers["x-request-id"]
+
+
+# --- keys through the command line, across replicas ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def replicas(
+    redis_server: RedisProcess, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveService, LiveService, dict[str, str]]]:
+    namespace = f"auth-{os.getpid()}-{id(tmp_path_factory)}"
+    common = {"auth": "required", "redis_namespace": namespace, "rate_limit_rps": "0"}
+    one = LiveService(tiny_model, redis_server.url, tmp_path_factory.mktemp("replica1"), common)
+    two = LiveService(tiny_model, redis_server.url, tmp_path_factory.mktemp("replica2"), common)
+    one.env["VOXGATE_REDIS_NAMESPACE"] = two.env["VOXGATE_REDIS_NAMESPACE"] = namespace
+    env = {"REDIS_URL": redis_server.url, "VOXGATE_REDIS_NAMESPACE": namespace}
+    with one, two:
+        yield one, two, env
+
+
+def test_cli_key_works_on_every_replica_and_revocation_is_seen_at_once(
+    replicas: tuple[LiveService, LiveService, dict[str, str]],
+) -> None:
+    one, two, env = replicas
+    created = voxgate("keys", "create", "--tenant", "acme", "--name", "web", env=env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("vgk_")
+    assert "shown only once" in created.stderr
+    listed = voxgate("keys", "list", "--tenant", "acme", "--json", env=env)
+    (entry,) = json.loads(listed.stdout)
+    assert entry["tenant"] == "acme"
+    assert entry["name"] == "web"
+    assert key.split("_")[2] not in listed.stdout  # never a secret
+    stored = redis.Redis.from_url(env["REDIS_URL"]).hgetall(
+        f"{env['VOXGATE_REDIS_NAMESPACE']}:apikey:{entry['key_id']}"
+    )
+    assert key.split("_")[2].encode() not in b"".join(stored.values())  # only its hash
+    for replica in (one, two):
+        assert httpx.get(f"{replica.url}/speakers", headers=bearer(key)).status_code == 200
+    assert voxgate("keys", "revoke", entry["key_id"], env=env).returncode == 0
+    for replica in (two, one):  # the very next request, on either replica
+        r = httpx.get(f"{replica.url}/speakers", headers=bearer(key))
+        assert r.status_code == 401
+        assert r.json()["code"] == "revoked_api_key"
+    assert voxgate("keys", "revoke", "000000000000", env=env).returncode == 1
+
+
+def test_rate_limit_is_shared_by_replicas(replicas: tuple[LiveService, LiveService, dict[str, str]]) -> None:
+    one, two, env = replicas
+    created = voxgate("keys", "create", "--tenant", "acme", "--rate", "0.2", "--burst", "3", env=env)
+    key = created.stdout.strip()
+    answers = [httpx.get(f"{replica.url}/speakers", headers=bearer(key)) for replica in (one, two, one, two)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]  # the burst of 3 is one bucket
+    refused = answers[-1]
+    assert refused.json()["code"] == "rate_limited"  # not "overloaded"
+    assert int(refused.headers["retry-after"]) >= 1
+    log = voxgate("audit", "--tenant", "acme", "--json", env=env)
+    events = [json.loads(line) for line in log.stdout.splitlines()]
+    assert any(e["action"] == "rate_limit" and e["outcome"] == "rate_limited" for e in events)
+
+
+# --- Redis blips ------------------------------------------------------------------------------------------
+def test_auth_and_rate_limits_answer_503_while_redis_is_down(tmp_path: Path, tiny_model: Path) -> None:
+    server = OwnRedis(tmp_path)
+    server.start()
+    try:
+        settings = settings_for(server.url, tiny_model, auth="required", rate_limit_rps=5.0)
+        _, key = new_key(settings, "acme")
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            assert c.get("/speakers", headers=bearer(key)).status_code == 200
+            server.stop()
+            r = c.get("/speakers", headers=bearer(key))
+            assert r.status_code == 503
+            assert r.json()["code"] == "store_unavailable"
+            server.start()
+            _, key = new_key(settings, "acme")  # this test server keeps no data
+            assert c.get("/speakers", headers=bearer(key)).status_code == 200
+    finally:
+        server.stop()
