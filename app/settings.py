@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     def _upper_search(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("voiceprint_key", "auth", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files pass `${VAR:-}`: an empty variable means "not set", not an empty key.
+        return None if value == "" else value
+
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:

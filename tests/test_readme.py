@@ -208,7 +208,23 @@ def test_voxgate_command_parses(command: Command) -> None:
         args = build_parser().parse_args(list(tokens[1:]))
     except SystemExit as exc:  # argparse reports the bad flag on stderr and exits 2
         pytest.fail(f"`{command}` is rejected by the CLI parser (exit {exc.code})")
-    assert args.command in {"serve", "export", "embed", "selfcheck"}
+    assert args.command in {"serve", "export", "embed", "selfcheck", "keys"}
+
+
+@pytest.mark.parametrize("command", [c for c in _commands("voxgate") if "keys" in c.tokens], ids=str)
+def test_voxgate_keys_runs(command: Command, redis_server: RedisProcess) -> None:
+    """The README's first-key command, run as written against a real Redis (REDIS_URL, as the service)."""
+    _, tokens = _split_env(command.tokens)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "VOXGATE_REDIS_NAMESPACE": f"readme-{uuid.uuid4().hex[:8]}",
+    }
+    run = subprocess.run(
+        [str(REPO / tokens[0]), *tokens[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("vgk_")
 
 
 @pytest.mark.parametrize("command", [c for c in _commands("voxgate") if "embed" in c.tokens], ids=str)
