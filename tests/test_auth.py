@@ -211,6 +211,18 @@ def test_tenants_never_see_each_others_speakers(client: TestClient, settings: Se
         == 200
     )
 
+    # ... and one only A has: the other way round
+    carol = [wav(SPEECH["librispeech_3080"][0])]
+    assert client.post("/enroll", headers=a, data={"speaker_id": "carol"}, files=carol).status_code == 200
+    assert client.get("/speakers/carol", headers=b).status_code == 404
+    probe = [wav(SPEECH["librispeech_3080"][1])]
+    assert client.post("/verify", headers=b, data={"speaker_id": "carol"}, files=probe).status_code == 404
+    assert "carol" not in [
+        c["speaker_id"] for c in client.post("/identify", headers=b, files=probe).json()["candidates"]
+    ]
+    assert client.delete("/speakers/carol", headers=b).status_code == 404
+    assert client.delete("/speakers/carol", headers=a).status_code == 200
+
     # list and get
     assert [s["speaker_id"] for s in client.get("/speakers", headers=a).json()["items"]] == ["alice"]
     assert client.get("/speakers", headers=a).json()["total"] == 1
@@ -255,13 +267,16 @@ def test_tenants_never_see_each_others_speakers(client: TestClient, settings: Se
     events_a = audit_events(settings, "tenant-a")
     assert [(e.action, e.speaker_id, e.outcome) for e in events_a] == [
         ("enroll", "alice", "ok"),
+        ("enroll", "carol", "ok"),
+        ("delete", "carol", "ok"),
         ("delete", "bob", "speaker_not_found"),
         ("delete", "alice", "ok"),
     ]
     assert all(e.tenant == "tenant-a" and e.request_id for e in events_a)
-    assert [(e.action, e.speaker_id) for e in audit_events(settings, "tenant-b")] == [
-        ("enroll", "alice"),
-        ("enroll", "bob"),
+    assert [(e.action, e.speaker_id, e.outcome) for e in audit_events(settings, "tenant-b")] == [
+        ("enroll", "alice", "ok"),
+        ("enroll", "bob", "ok"),
+        ("delete", "carol", "speaker_not_found"),
     ]
 
 
