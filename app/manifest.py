@@ -29,8 +29,27 @@ class ManifestError(ValueError):
     """The manifest is missing, malformed, or disagrees with its graph."""
 
 
+class ValidationHost(BaseModel):
+    """The machine an int8 graph's accuracy was measured on (by the export, on the CPU provider)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    machine: str = Field(description="platform.machine(), e.g. x86_64, aarch64.")
+    cpu_model: str | None = Field(None, description="/proc/cpuinfo 'model name', when there is one.")
+    cpu_flags: list[str] = Field(
+        default_factory=list,
+        description="The instruction-set features that select ONNX Runtime's int8 kernels (avx2, "
+        "avx512f/bw, avx512_vnni, avx_vnni, amx_int8, ... as /proc/cpuinfo names them) this CPU has.",
+    )
+    onnxruntime: str = Field(description="ONNX Runtime version that ran the measurement.")
+
+
 class QuantizationInfo(BaseModel):
-    """How an int8 graph was made from its float32 graph, and what it costs in accuracy."""
+    """How an int8 graph was made from its float32 graph, and what it costs in accuracy.
+
+    Fields after ``max_score_change`` were added later; their defaults describe the bundles written
+    before them (8-bit u8 x s8 weights, every fourth recording held out, no record of the host).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,11 +60,34 @@ class QuantizationInfo(BaseModel):
     )
     calibration_recordings: int = Field(ge=1)
     heldout_recordings: int = Field(ge=1)
-    min_cosine_to_fp32: float = Field(description="Worst cosine to the float32 graph, held-out audio.")
+    min_cosine_to_fp32: float = Field(
+        description="Worst cosine to the float32 graph over the held-out recordings as recorded."
+    )
     mean_cosine_to_fp32: float
     max_score_change: float = Field(
         description="Largest change of a cosine score between two held-out recordings, fp32 -> int8."
     )
+    scheme: Literal["u8s8-7bit", "u8s8", "u8u8", "s8s8"] = Field(
+        "u8s8",
+        description="Integer formats of activations x weights: 'u8s8-7bit' (uint8 x 7-bit int8 weights, "
+        "exact on every x86-64 int8 kernel) or 'u8s8' (8-bit weights: saturates on CPUs without VNNI).",
+    )
+    heldout_split: Literal["speaker", "heldout-audio", "file"] = Field(
+        "file",
+        description="How the held-out recordings were chosen: whole speakers of the calibration audio, "
+        "a separate --heldout-audio set, or (no speaker folders) every fourth file.",
+    )
+    calibration_speakers: list[str] = Field(default_factory=list)
+    heldout_speakers: list[str] = Field(
+        default_factory=list, description="Speakers (folder names) never used for calibration."
+    )
+    min_cosine_by_condition: dict[str, float] = Field(
+        default_factory=dict,
+        description="Worst cosine to float32 per level condition of the held-out recordings "
+        "(as recorded, quieter, louder and clipped); every one met the export's gate.",
+    )
+    min_cosine_gate: float | None = Field(None, description="The export's --min-cosine.")
+    validated_on: ValidationHost | None = Field(None, description="Where the figures were measured.")
 
 
 class ProbeClip(BaseModel):

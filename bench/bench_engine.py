@@ -105,14 +105,16 @@ def prepare_model(spec: str, cache: Path, precision: str = "fp32", calibration: 
         return out
     quantized = cache / f"{spec}-{precision}"
     if not (quantized / "model.onnx").is_file():
-        from app.export.quantize import audio_files, load_calibration_audio, quantize_bundle
+        from app.export.quantize import Recording, load_recordings, quantize_bundle, split_calibration
 
         if calibration is not None and calibration.is_dir():
-            waves = load_calibration_audio(audio_files(calibration))
-        else:
-            waves = utterances(6.0, 24, seed=1)
-        print(f"# quantising {spec} to {quantized} ({len(waves)} recordings) ...", file=sys.stderr)
-        quantize_bundle(out, quantized, waves)
+            recordings = load_recordings(calibration)
+        else:  # one synthetic 'speaker' per recording
+            recordings = [
+                Recording(w, f"synthetic-{i}", f"{i}") for i, w in enumerate(utterances(6.0, 24, seed=1))
+            ]
+        print(f"# quantising {spec} to {quantized} ({len(recordings)} recordings) ...", file=sys.stderr)
+        quantize_bundle(out, quantized, split_calibration(recordings))
     return quantized
 
 

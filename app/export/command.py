@@ -28,31 +28,41 @@ def _export_float(args: argparse.Namespace, out: Path, precision: str) -> None:
 
 
 def _export_int8(args: argparse.Namespace) -> int:
-    from app.export.quantize import (
-        QuantizationError,
-        audio_files,
-        load_calibration_audio,
-        quantize_bundle,
-        split_calibration,
-    )
+    from app.export.quantize import QuantizationError, load_recordings, quantize_bundle, split_calibration
 
     try:
-        files = audio_files(args.calibration_audio)
-        print(f"calibration audio: {len(files)} files under {args.calibration_audio}", file=sys.stderr)
-        waves = load_calibration_audio(files)
-        split_calibration(waves)  # enough usable recordings? (before the float32 export, which takes a while)
+        recordings = load_recordings(args.calibration_audio)
+        print(
+            f"calibration audio: {len(recordings)} usable recordings under {args.calibration_audio}",
+            file=sys.stderr,
+        )
+        heldout = None
+        if args.heldout_audio is not None:
+            heldout = load_recordings(args.heldout_audio)
+            print(
+                f"held-out audio: {len(heldout)} usable recordings under {args.heldout_audio}",
+                file=sys.stderr,
+            )
+        # Enough usable recordings? Checked before the float32 export, which takes a while.
+        split = split_calibration(recordings, heldout)
         with tempfile.TemporaryDirectory(prefix="voxgate-fp32-") as tmp:
             _export_float(args, Path(tmp), "fp32")
-            manifest = quantize_bundle(Path(tmp), args.out, waves, min_cosine=args.min_cosine)
+            manifest = quantize_bundle(Path(tmp), args.out, split, min_cosine=args.min_cosine)
     except QuantizationError as exc:
         print(f"voxgate export: {exc}", file=sys.stderr)
         return 1
     info = manifest.quantization
     assert info is not None
+    held = f"{info.heldout_recordings} held-out recordings of " + (
+        f"speakers {', '.join(info.heldout_speakers)}"
+        if info.heldout_speakers
+        else "the calibration speakers"
+    )
     print(
-        f"int8: {info.quantized_nodes} convolutions quantised; cosine to fp32 on "
-        f"{info.heldout_recordings} held-out recordings: min {info.min_cosine_to_fp32:.6f}, "
-        f"mean {info.mean_cosine_to_fp32:.6f}; largest score change {info.max_score_change:.4f}"
+        f"int8 ({info.scheme}): {info.quantized_nodes} convolutions quantised; cosine to fp32 on {held}: "
+        f"min {info.min_cosine_to_fp32:.6f}, mean {info.mean_cosine_to_fp32:.6f}; worst by level: "
+        + ", ".join(f"{name} {value:.6f}" for name, value in info.min_cosine_by_condition.items())
+        + f"; largest score change {info.max_score_change:.4f}"
         + (f"; kept in float32: {', '.join(info.float32_nodes)}" if info.float32_nodes else "")
     )
     return 0
@@ -82,9 +92,13 @@ def run_export(args: argparse.Namespace) -> int:
             return 2
         code = _export_int8(args)
     else:
-        if args.calibration_audio is not None:
-            print("voxgate export: --calibration-audio is only used with --precision int8", file=sys.stderr)
-            return 2
+        for given, option in (
+            (args.calibration_audio, "--calibration-audio"),
+            (args.heldout_audio, "--heldout-audio"),
+        ):
+            if given is not None:
+                print(f"voxgate export: {option} is only used with --precision int8", file=sys.stderr)
+                return 2
         _export_float(args, args.out, args.precision)
         code = 0
     if code == 0:

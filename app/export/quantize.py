@@ -1,19 +1,46 @@
 """int8 graphs for CPU serving: static post-training quantisation of a NeMo bundle's encoder.
 
 * **What is quantised.** The encoder's convolutions (about 85 % of the compute of TitaNet and ECAPA),
-  with per-output-channel int8 weights and uint8 activations, in QDQ form: ONNX Runtime fuses each
-  DequantizeLinear -> Conv -> QuantizeLinear into a QLinearConv that runs on the CPU's int8 dot-product
-  instructions (VNNI). The log-mel front end (power spectra span about 20 orders of magnitude) and the
-  decoder (pooling statistics, the embedding layer) stay float32, as do the graph's inputs and output.
+  with per-output-channel weights and uint8 activations, in QDQ form: ONNX Runtime fuses each
+  DequantizeLinear -> Conv -> QuantizeLinear into a QLinearConv that runs on the CPU's int8 instructions.
+  The log-mel front end (power spectra span about 20 orders of magnitude) and the decoder (pooling
+  statistics, the embedding layer) stay float32, as do the graph's inputs and output.
+* **7-bit weights, so that every x86-64 CPU computes the same embeddings** (``U8S8_7BIT``). ONNX
+  Runtime's u8 x s8 kernels use VNNI (``vpdpbusd``: exact int32 sums) where the CPU has AVX-512 VNNI or
+  AVX-VNNI, and otherwise AVX2 / AVX-512BW ``vpmaddubsw``, which adds two u8 x s8 products into an
+  *int16 with saturation*: 255 x 127 x 2 = 64770 > 32767. With full 8-bit weights, a graph that is
+  accurate on a VNNI machine gives different, wrong embeddings on an AVX2-only one (measured with the
+  AVX2 kernels under QEMU: min cosine to float32 0.48 for the TitaNet fixture, 0.99 with VNNI). Weights
+  in [-64, 64] (``reduce_range``) keep every pair within 255 x 64 x 2 = 32640, so both kernels compute
+  exact sums and the same result (measured: cosine between the two within 1e-8). Measured against the
+  alternatives on the Zen 4 development machine: u8 x u8 (widening kernels, never saturate) runs
+  TitaNet-L at 1.2x float32 instead of 2.0x; s8 x s8 saturates like u8 x s8 without VNNI; 7-bit
+  weights cost a little accuracy (mean cosine to float32 0.99994 vs 0.99997 for TitaNet-L), which the
+  accuracy gate measures like any other. Details: docs/performance.md (int8 section).
 * **Why static and not dynamic.** Dynamic quantisation derives activation scales from each batch, so an
   utterance's embedding would depend on what it was batched with. Static scales are fixed at export
   (from calibration audio), so every item of a batch gets the embedding it gets alone: the engine's
   contract holds for int8 graphs too.
-* **Accuracy is measured, not assumed.** Every fourth calibration recording is held out; the export
-  embeds those with the float32 and the int8 graph and fails when their cosine similarity drops below
-  ``min_cosine``. The figures go into the manifest (``quantization``). The int8 graph has its own graph
-  hash, hence its own storage namespace (``ModelManifest.model_key``): enrollments made with the float32
-  graph are not mixed with int8 embeddings.
+* **Accuracy is measured on speakers the calibration never heard.** Whole speakers (the subdirectories
+  of the calibration directory) are held out: every fourth speaker in name order, counting from the
+  last; or a separate set given as ``--heldout-audio`` (another corpus or recording condition), and then
+  every calibration speaker calibrates. Without speaker folders it falls back, with a warning, to every
+  fourth recording. The export embeds the held-out recordings with the float32 and the int8 graph and
+  fails when a cosine similarity drops below ``min_cosine``.
+* **Louder and quieter than calibration.** NeMo's per-utterance, per-mel-band normalisation sits before
+  the first quantised convolution, but it does not make the encoder's input gain-invariant: the log
+  guard (``log(mel + 2**-24)``) flattens quiet bands, so a recording 20 dB quieter reaches values the
+  calibration never produced (16 instead of 7 at the first quantised input, measured). So calibration
+  sees every recording in three levels (``LEVEL_CONDITIONS``: as recorded, 20 dB quieter, and amplified
+  to 12 dB over full scale and clipped), and the gate checks the held-out recordings in the same three
+  (measured gain: TitaNet fixture at -20 dB / clipped from min cosine 0.991 / 0.977 to 0.994 / 0.988).
+  A margin on the MinMax ranges was measured too (5-30 %, cross-validated over speaker folds) and did
+  not help consistently, so ranges are the plain MinMax of the calibration inputs.
+* **What the manifest records** (``quantization``): the scheme, the split, the calibration and held-out
+  speakers, min and mean cosine (as recorded) and the worst per level condition, the largest change of
+  a verification score, and the host the figures were measured on (instruction-set flags from
+  ``/proc/cpuinfo``, ONNX Runtime version). The int8 graph has its own graph hash, hence its own storage
+  namespace (``ModelManifest.model_key``): float32 enrollments are not mixed with int8 embeddings.
 
 Needs ``onnx`` and ``onnxruntime`` (the ``export`` extra); no torch.
 """
@@ -22,12 +49,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +80,7 @@ from app.manifest import (
     LENGTHS_INPUT,
     ModelManifest,
     QuantizationInfo,
+    ValidationHost,
     load_manifest,
     sha256_file,
     write_manifest,
@@ -68,63 +97,233 @@ ENCODER_SCOPE = "/encoder/"
 # held-out pairs are reported too (``max_score_change``). Raise it to trade speed for fidelity.
 DEFAULT_MIN_COSINE = 0.995
 MIN_CALIBRATION_FILES = 4
+# Every HELDOUT_EVERY-th speaker (name order, counting from the last) is held out: at least one.
+HELDOUT_EVERY = 4
 # Calibration only needs activation ranges: 10 s per recording is plenty and bounds memory.
 CALIBRATION_SECONDS = 10.0
 # Accuracy is measured on up to 30 s per recording (the segment length of the NeMo bundles: one pass).
 RECORDING_SECONDS = 30.0
 # Longer files are skipped rather than decoded whole.
 MAX_FILE_SECONDS = 600.0
-METHOD = (
-    "static post-training int8 (QDQ): encoder convolutions with per-channel int8 weights and uint8 "
-    "activations, MinMax calibration; front end and decoder float32"
-)
+SplitKind = Literal["speaker", "heldout-audio", "file"]
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """Integer formats of a QLinearConv's activations and weights, as ``quantize_static`` takes them."""
+
+    name: Literal["u8s8-7bit", "u8s8", "u8u8", "s8s8"]
+    activation_type: QuantType
+    weight_type: QuantType
+    reduce_range: bool  # weights in [-64, 64] (int8) instead of [-127, 127]
+
+
+# The scheme int8 exports use: exact on VNNI and non-VNNI kernels alike (see the module docstring).
+U8S8_7BIT = Int8Scheme("u8s8-7bit", QuantType.QUInt8, QuantType.QInt8, reduce_range=True)
+# The alternatives that were measured: 8-bit u8 x s8 and s8 x s8 saturate without VNNI, u8 x u8 is slow.
+U8S8 = Int8Scheme("u8s8", QuantType.QUInt8, QuantType.QInt8, reduce_range=False)
+U8U8 = Int8Scheme("u8u8", QuantType.QUInt8, QuantType.QUInt8, reduce_range=False)
+S8S8 = Int8Scheme("s8s8", QuantType.QInt8, QuantType.QInt8, reduce_range=False)
+DEFAULT_SCHEME = U8S8_7BIT
+
+
+def method_text(scheme: Int8Scheme) -> str:
+    weights = "7-bit int8" if scheme.reduce_range else scheme.weight_type.name.lower()
+    return (
+        f"static post-training int8 (QDQ, {scheme.name}): encoder convolutions with per-channel "
+        f"{weights} weights and {scheme.activation_type.name.lower()} activations, MinMax calibration at "
+        "three input levels; front end and decoder float32"
+    )
 
 
 class QuantizationError(ValueError):
     """The int8 graph could not be made, or it is not accurate enough."""
 
 
+# --- input levels -------------------------------------------------------------------------------------
+AS_RECORDED = "as recorded"
+
+
+def _quieter(wave: Float32Array) -> Float32Array:
+    return (wave * np.float32(0.1)).astype(np.float32)
+
+
+def _louder_clipped(wave: Float32Array) -> Float32Array:
+    peak = float(np.abs(wave).max(initial=0.0))
+    gain = 4.0 / peak if peak > 0.0 else 1.0
+    louder: Float32Array = np.clip(wave * np.float32(gain), -1.0, 1.0).astype(np.float32)
+    return louder
+
+
+# (name, transform): calibration feeds every recording in each; the gate checks each. -20 dB keeps
+# ordinary speech above the VAD's -55 dBFS floor; 4x the peak clips like an overdriven microphone.
+LEVEL_CONDITIONS: tuple[tuple[str, Callable[[Float32Array], Float32Array]], ...] = (
+    (AS_RECORDED, lambda wave: wave),
+    ("-20 dB", _quieter),
+    ("+12 dB over full scale, clipped", _louder_clipped),
+)
+
+
+# --- recordings and the held-out split ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Recording:
+    """One decoded recording (16 kHz mono, at most ``RECORDING_SECONDS``) and who speaks in it."""
+
+    wave: Float32Array
+    # The recording's folder relative to the audio directory (the speaker label); None for files that
+    # lie directly in the audio directory (speaker unknown).
+    speaker: str | None
+    name: str
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
-    calibration: list[Float32Array]
-    heldout: list[Float32Array]
+    calibration: list[Recording]
+    heldout: list[Recording]
+    split: SplitKind
+
+    @property
+    def calibration_speakers(self) -> list[str]:
+        return sorted({r.speaker for r in self.calibration if r.speaker is not None})
+
+    @property
+    def heldout_speakers(self) -> list[str]:
+        return sorted({r.speaker for r in self.heldout if r.speaker is not None})
 
 
 def audio_files(directory: Path) -> list[Path]:
     """Audio files under ``directory`` (recursively), sorted so that the held-out split is reproducible."""
     if not directory.is_dir():
-        raise QuantizationError(f"calibration audio directory {directory} does not exist")
+        raise QuantizationError(f"audio directory {directory} does not exist")
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
-def load_calibration_audio(files: Sequence[Path]) -> list[Float32Array]:
-    """Decode files as the service decodes uploads (16 kHz mono), at most ``RECORDING_SECONDS`` of each.
+def _decode(path: Path) -> Float32Array | None:
+    try:
+        audio = decode_audio(path.read_bytes(), max_seconds=MAX_FILE_SECONDS)
+    except (OSError, VoxGateError) as exc:
+        log.warning("audio file %s skipped: %s", path, exc)
+        return None
+    return audio.waveform[: int(RECORDING_SECONDS * TARGET_SAMPLE_RATE)]
 
-    Unreadable files and files longer than ``MAX_FILE_SECONDS`` are skipped (logged).
+
+def load_recordings(directory: Path) -> list[Recording]:
+    """The usable recordings under ``directory``, each labelled with its speaker (its folder).
+
+    Decoded as the service decodes uploads (16 kHz mono), at most ``RECORDING_SECONDS`` of each;
+    unreadable files and files longer than ``MAX_FILE_SECONDS`` are skipped (logged).
     """
-    waves: list[Float32Array] = []
-    for path in files:
-        try:
-            audio = decode_audio(path.read_bytes(), max_seconds=MAX_FILE_SECONDS)
-        except (OSError, VoxGateError) as exc:
-            log.warning("calibration file %s skipped: %s", path, exc)
+    recordings = []
+    for path in audio_files(directory):
+        wave = _decode(path)
+        if wave is None:
             continue
-        waves.append(audio.waveform[: int(RECORDING_SECONDS * TARGET_SAMPLE_RATE)])
-    return waves
+        folder = path.parent.relative_to(directory).as_posix()
+        speaker = None if folder == "." else folder
+        recordings.append(Recording(wave, speaker, path.relative_to(directory).as_posix()))
+    return recordings
 
 
-def split_calibration(waves: Sequence[Float32Array]) -> CalibrationSet:
-    """Every fourth recording is held out to measure accuracy; the rest calibrate."""
-    if len(waves) < MIN_CALIBRATION_FILES:
+def split_calibration(
+    recordings: Sequence[Recording], heldout: Sequence[Recording] | None = None
+) -> CalibrationSet:
+    """Which recordings calibrate and which measure accuracy: never the same speaker in both.
+
+    * ``heldout`` given (``--heldout-audio``): it is the held-out set, and every recording calibrates.
+    * Otherwise every ``HELDOUT_EVERY``-th speaker, in name order counting from the last (at least one),
+      is held out with all of their recordings; recordings without a speaker folder only calibrate.
+    * Fewer than two speakers: every fourth recording, with a warning (the gate then measures the same
+      speakers it was calibrated on, which overrates it).
+    """
+    if len(recordings) < MIN_CALIBRATION_FILES:
         raise QuantizationError(
             f"int8 export needs at least {MIN_CALIBRATION_FILES} usable calibration recordings of speech, "
-            f"got {len(waves)}"
+            f"got {len(recordings)}"
         )
-    heldout = [w for i, w in enumerate(waves) if i % 4 == 3]
-    calibration = [w for i, w in enumerate(waves) if i % 4 != 3]
-    return CalibrationSet(calibration=calibration, heldout=heldout)
+    if heldout is not None:
+        if not heldout:
+            raise QuantizationError("no usable held-out recordings of speech (--heldout-audio)")
+        shared = {r.speaker for r in recordings} & {r.speaker for r in heldout} - {None}
+        if shared:
+            log.warning(
+                "speaker folders %s are in both the calibration and the held-out audio: if they are the "
+                "same people, the gate overrates the int8 graph",
+                ", ".join(sorted(s for s in shared if s is not None)),
+            )
+        return CalibrationSet(list(recordings), list(heldout), "heldout-audio")
+    speakers = sorted({r.speaker for r in recordings if r.speaker is not None})
+    if len(speakers) >= 2:
+        held_speakers = set(speakers[::-1][::HELDOUT_EVERY])
+        return CalibrationSet(
+            [r for r in recordings if r.speaker not in held_speakers],
+            [r for r in recordings if r.speaker in held_speakers],
+            "speaker",
+        )
+    log.warning(
+        "calibration audio has %s: holding out every fourth recording instead of whole speakers, so the "
+        "accuracy gate only covers the calibration speakers. Put each speaker's recordings in a folder of "
+        "their own, or pass --heldout-audio with other speakers.",
+        "one speaker folder" if speakers else "no speaker folders",
+    )
+    return CalibrationSet(
+        [r for i, r in enumerate(recordings) if i % 4 != 3],
+        [r for i, r in enumerate(recordings) if i % 4 == 3],
+        "file",
+    )
 
 
+# --- the host ---------------------------------------------------------------------------------------------
+# The CPU features (as /proc/cpuinfo names them) that decide which int8 kernels ONNX Runtime's MLAS runs:
+# x86 SSE/AVX2/AVX-512 (u8 x s8 by vpmaddubsw, int16 pair sums), VNNI in its AVX-512 and VEX forms
+# (vpdpbusd, int32 sums), AMX; Arm NEON dot product and i8mm.
+INT8_CPU_FLAGS = (
+    "sse4_1",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "avx_vnni_int8",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "sve2",
+)
+
+
+def this_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> ValidationHost:
+    """The machine the accuracy figures are measured on: what the CPU reports, no assumptions."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    flags: set[str] = set()
+    model = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):  # x86 / Arm
+            flags.update(value.split())
+        elif key == "model name" and model is None:
+            model = value.strip() or None
+    return ValidationHost(
+        machine=platform.machine(),
+        cpu_model=model,
+        cpu_flags=[flag for flag in INT8_CPU_FLAGS if flag in flags],
+        onnxruntime=ort.__version__,
+    )
+
+
+# --- graph rewrites -------------------------------------------------------------------------------------
 def inline_initializer_identities(model: onnx.ModelProto) -> int:
     """Replace ``Identity(initializer)`` nodes with initializers of their own.
 
@@ -251,59 +450,87 @@ def _feed(wave: Float32Array) -> dict[str, np.ndarray]:
     return {AUDIO_INPUT: wave[None, :], LENGTHS_INPUT: np.array([wave.size], dtype=np.int64)}
 
 
-class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
-    """Feeds calibration recordings one at a time (batch 1: no padding enters the activation ranges)."""
+def calibration_inputs(waves: Sequence[Float32Array], sample_rate: int) -> list[Float32Array]:
+    """What calibration feeds: the first ``CALIBRATION_SECONDS`` of each recording, in every level."""
+    limit = int(CALIBRATION_SECONDS * sample_rate)
+    return [change(wave[:limit]) for wave in waves for _, change in LEVEL_CONDITIONS]
 
-    def __init__(self, waves: Sequence[Float32Array], sample_rate: int) -> None:
-        limit = int(CALIBRATION_SECONDS * sample_rate)
-        self._items: Iterator[Float32Array] = iter([w[:limit] for w in waves])
+
+class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
+    """Feeds calibration inputs one at a time (batch 1: no padding enters the activation ranges)."""
+
+    def __init__(self, inputs: Sequence[Float32Array]) -> None:
+        self._items: Iterator[Float32Array] = iter(inputs)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         wave = next(self._items, None)
         return None if wave is None else _feed(wave)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Cosine of each held-out recording's embedding to its float32 one, per level condition."""
+
+    cosines: dict[str, list[float]]
+    max_score_change: float
+
+    @property
+    def worst(self) -> float:
+        return min(min(values) for values in self.cosines.values())
+
+    @property
+    def as_recorded(self) -> list[float]:
+        return self.cosines[AS_RECORDED]
+
+    def by_condition(self) -> dict[str, float]:
+        return {name: min(values) for name, values in self.cosines.items()}
+
+
 class _HeldOut:
-    """Held-out recordings and their float32 embeddings, to score candidate graphs against."""
+    """Held-out recordings in every level condition, and their float32 embeddings to score graphs by."""
 
     def __init__(self, fp32_graph: Path, waves: Sequence[Float32Array]) -> None:
-        self._feeds = [_feed(w) for w in waves]
+        self._feeds = {name: [_feed(change(w)) for w in waves] for name, change in LEVEL_CONDITIONS}
         self._reference = self._embed(fp32_graph)
 
-    def _embed(self, graph: Path) -> npt.NDArray[np.float64]:
+    def _embed(self, graph: Path) -> dict[str, npt.NDArray[np.float64]]:
         session = _cpu_session(graph)
-        emb = np.stack([np.asarray(session.run(None, f)[0][0], dtype=np.float64) for f in self._feeds])
-        normalised: npt.NDArray[np.float64] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-        return normalised
+        result = {}
+        for name, feeds in self._feeds.items():
+            emb = np.stack([np.asarray(session.run(None, f)[0][0], dtype=np.float64) for f in feeds])
+            result[name] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        return result
 
-    def compare(self, graph: Path) -> tuple[list[float], float]:
-        """Cosine of each recording's embedding to its float32 one, and the largest change of a
-        verification score (cosine between two held-out recordings) from float32 to ``graph``."""
+    def compare(self, graph: Path) -> Scores:
+        """Cosines to float32, and the largest change of a verification score (cosine between two
+        held-out recordings as recorded) from float32 to ``graph``."""
         emb = self._embed(graph)
-        cosines = [float(c) for c in np.sum(emb * self._reference, axis=1)]
-        score_change = float(np.abs(emb @ emb.T - self._reference @ self._reference.T).max())
-        return cosines, score_change
+        cosines = {
+            name: [float(c) for c in np.sum(emb[name] * self._reference[name], axis=1)] for name in emb
+        }
+        ours, ref = emb[AS_RECORDED], self._reference[AS_RECORDED]
+        score_change = float(np.abs(ours @ ours.T - ref @ ref.T).max())
+        return Scores(cosines, score_change)
 
 
 @dataclass(frozen=True)
 class QuantizedGraph:
     quantized: list[str]
     kept_float: list[str]
-    cosines: list[float]
-    max_score_change: float
+    scores: Scores
 
 
 class _Quantizer:
     """Writes int8 variants of one prepared graph; activation ranges are calibrated once, then cached."""
 
     def __init__(
-        self, prepared: Path, workdir: Path, waves: Sequence[Float32Array], sample_rate: int
+        self, prepared: Path, workdir: Path, inputs: Sequence[Float32Array], scheme: Int8Scheme
     ) -> None:
         self.prepared = prepared
         self.candidates = encoder_convolutions(onnx.load(str(prepared)))
         if not self.candidates:
             raise QuantizationError(f"{prepared}: no encoder convolutions to quantise")
-        self._waves, self._sample_rate = waves, sample_rate
+        self._inputs, self._scheme = inputs, scheme
         self._workdir = workdir
         self._written = 0
         # onnxruntime >= 1.32 can cache the calibrated ranges; older versions calibrate on every write.
@@ -318,13 +545,14 @@ class _Quantizer:
         quantize_static(
             str(self.prepared),
             str(out),
-            None if reuse else _Reader(self._waves, self._sample_rate),
+            None if reuse else _Reader(self._inputs),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
             nodes_to_quantize=list(nodes),
             per_channel=True,
-            activation_type=QuantType.QUInt8,  # u8 x s8 is the VNNI fast path on x86
-            weight_type=QuantType.QInt8,
+            reduce_range=self._scheme.reduce_range,
+            activation_type=self._scheme.activation_type,
+            weight_type=self._scheme.weight_type,
             calibrate_method=CalibrationMethod.MinMax,
             **self._cache,
         )
@@ -339,8 +567,9 @@ def quantize_graph(
     *,
     sample_rate: int,
     min_cosine: float,
+    scheme: Int8Scheme = DEFAULT_SCHEME,
 ) -> QuantizedGraph:
-    """Write the int8 graph of ``fp32_graph`` that reaches ``min_cosine`` on ``heldout``.
+    """Write the int8 graph of ``fp32_graph`` that reaches ``min_cosine`` on ``heldout`` in every level.
 
     All encoder convolutions first. When that is not accurate enough, the convolutions whose
     quantisation alone costs the most (typically one or two layers fed by outlier activations) are kept
@@ -357,31 +586,33 @@ def quantize_graph(
         # ORT's graph optimisations first (folds each BatchNorm that follows a conv into it, so the folded
         # weights are what gets quantised). No symbolic shape inference: only lengths are dynamic here.
         quant_pre_process(str(inlined), str(prepared), skip_symbolic_shape=True)
-        quantizer = _Quantizer(prepared, workdir, calibration, sample_rate)
+        quantizer = _Quantizer(prepared, workdir, calibration_inputs(calibration, sample_rate), scheme)
         held = _HeldOut(fp32_graph, heldout)
         nodes = list(quantizer.candidates)
         graph = quantizer.write(nodes)
-        cosines, score_change = held.compare(graph)
-        log.info("all %d encoder convolutions int8: min cosine to fp32 %.6f", len(nodes), min(cosines))
-        if min(cosines) < min_cosine:
+        scores = held.compare(graph)
+        log.info("all %d encoder convolutions int8: min cosine to fp32 %.6f", len(nodes), scores.worst)
+        if scores.worst < min_cosine:
             ranked = _rank_by_sensitivity(quantizer, held)
             for name in ranked[: len(ranked) // 2]:
                 nodes.remove(name)
                 graph = quantizer.write(nodes)
-                cosines, score_change = held.compare(graph)
-                log.info("kept %s in float32: min cosine to fp32 %.6f", name, min(cosines))
-                if min(cosines) >= min_cosine:
+                scores = held.compare(graph)
+                log.info("kept %s in float32: min cosine to fp32 %.6f", name, scores.worst)
+                if scores.worst >= min_cosine:
                     break
-        if min(cosines) < min_cosine:
+        if scores.worst < min_cosine:
+            worst_condition = min(scores.by_condition().items(), key=lambda item: item[1])[0]
             raise QuantizationError(
-                f"int8 graph is not accurate enough: min cosine to the float32 graph on {len(cosines)} "
-                f"held-out recordings is {min(cosines):.6f} < {min_cosine:g} even with "
-                f"{len(quantizer.candidates) - len(nodes)} of {len(quantizer.candidates)} convolutions kept "
-                "in float32; serve the float32 graph, or calibrate with more representative audio"
+                f"int8 graph is not accurate enough: min cosine to the float32 graph on {len(heldout)} "
+                f"held-out recordings is {scores.worst:.6f} < {min_cosine:g} ({worst_condition}) even "
+                f"with {len(quantizer.candidates) - len(nodes)} of {len(quantizer.candidates)} "
+                "convolutions kept in float32; serve the float32 graph, or calibrate with more "
+                "representative audio"
             )
         shutil.move(str(graph), int8_graph)
         kept = [n for n in quantizer.candidates if n not in nodes]
-        return QuantizedGraph(nodes, kept, cosines, score_change)
+        return QuantizedGraph(nodes, kept, scores)
 
 
 def _rank_by_sensitivity(quantizer: _Quantizer, held: _HeldOut) -> list[str]:
@@ -389,7 +620,7 @@ def _rank_by_sensitivity(quantizer: _Quantizer, held: _HeldOut) -> list[str]:
     loss: dict[str, float] = {}
     for i, name in enumerate(quantizer.candidates, 1):
         graph = quantizer.write([name])
-        loss[name] = 1.0 - min(held.compare(graph)[0])
+        loss[name] = 1.0 - held.compare(graph).worst
         graph.unlink()
         log.info("sensitivity %d/%d %s: %.2e", i, len(quantizer.candidates), name, loss[name])
     return sorted(loss, key=loss.__getitem__, reverse=True)
@@ -402,52 +633,79 @@ def _cpu_session(graph: Path) -> ort.InferenceSession:
 
 
 def quantize_bundle(
-    fp32_dir: Path, out: Path, waves: Sequence[Float32Array], *, min_cosine: float = DEFAULT_MIN_COSINE
+    fp32_dir: Path,
+    out: Path,
+    split: CalibrationSet,
+    *,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+    scheme: Int8Scheme = DEFAULT_SCHEME,
 ) -> ModelManifest:
     """Quantise the float32 bundle in ``fp32_dir`` into ``out`` (graph + manifest).
 
-    Nothing is written to ``out`` unless the held-out cosine to the float32 graph reaches ``min_cosine``.
+    Nothing is written to ``out`` unless every held-out recording, in every level condition, keeps a
+    cosine of at least ``min_cosine`` to the float32 graph.
     """
     fp32 = load_manifest(fp32_dir)
     if fp32.precision != "fp32":
         raise QuantizationError(f"{fp32_dir}: int8 starts from a float32 graph, not {fp32.precision}")
-    split = split_calibration(waves)
     log.info(
-        "quantising %s: %d calibration recordings, %d held out",
+        "quantising %s: %d calibration recordings (%s), %d held out (%s)",
         fp32.name,
         len(split.calibration),
+        _speakers_text(split.calibration_speakers),
         len(split.heldout),
+        _speakers_text(split.heldout_speakers) if split.split != "file" else "every fourth recording",
     )
     with tempfile.TemporaryDirectory(prefix="voxgate-int8-out-") as tmp:
         staged = Path(tmp) / GRAPH_FILE
         result = quantize_graph(
             fp32_dir / GRAPH_FILE,
             staged,
-            split.calibration,
-            split.heldout,
+            [r.wave for r in split.calibration],
+            [r.wave for r in split.heldout],
             sample_rate=fp32.sample_rate,
             min_cosine=min_cosine,
+            scheme=scheme,
         )
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), out / GRAPH_FILE)
         copy_probe(fp32_dir, out, fp32)  # the self-check probe and its float32 references
-    worst, mean = min(result.cosines), float(np.mean(result.cosines))
-    log.info("int8 vs fp32 on held-out audio: min cosine %.6f, mean %.6f", worst, mean)
+    scores = result.scores
+    worst, mean = min(scores.as_recorded), float(np.mean(scores.as_recorded))
+    log.info(
+        "int8 vs fp32 on held-out audio: min cosine %.6f, mean %.6f (as recorded); worst by level: %s",
+        worst,
+        mean,
+        ", ".join(f"{name} {value:.6f}" for name, value in scores.by_condition().items()),
+    )
     manifest = fp32.model_copy(
         update={
             "precision": "int8",
             "graph_sha256": sha256_file(out / GRAPH_FILE),
             "quantization": QuantizationInfo(
-                method=METHOD,
+                method=method_text(scheme),
                 quantized_nodes=len(result.quantized),
                 float32_nodes=result.kept_float,
                 calibration_recordings=len(split.calibration),
                 heldout_recordings=len(split.heldout),
                 min_cosine_to_fp32=worst,
                 mean_cosine_to_fp32=mean,
-                max_score_change=result.max_score_change,
+                max_score_change=scores.max_score_change,
+                scheme=scheme.name,
+                heldout_split=split.split,
+                calibration_speakers=split.calibration_speakers,
+                heldout_speakers=split.heldout_speakers,
+                min_cosine_by_condition=scores.by_condition(),
+                min_cosine_gate=min_cosine,
+                validated_on=this_host(),
             ),
         }
     )
     write_manifest(out, manifest)
     return manifest
+
+
+def _speakers_text(speakers: Sequence[str]) -> str:
+    if not speakers:
+        return "no speaker folders"
+    return f"{len(speakers)} speakers: {', '.join(speakers)}"
