@@ -130,6 +130,52 @@ class ProbeInfo(BaseModel):
     attribution: str = Field(description="Where the probe's speech comes from, and its licence.")
 
 
+# --- accuracy: calibration and score normalisation (voxgate calibrate / cohort build) ---------------
+class ScoreCalibration(BaseModel):
+    """A threshold (and an LLR calibration) measured by ``voxgate calibrate`` for one score type.
+
+    Calibration changes no embedding: it is not part of the model key.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score_type: Literal["cosine", "asnorm"]
+    threshold: float = Field(description="Decision threshold, in the units of score_type.")
+    target: str = Field(description="How the threshold was chosen: 'eer' or 'far=<rate>'.")
+    far: float = Field(description="False-accept rate at the threshold on the calibration trials.")
+    frr: float = Field(description="False-reject rate at the threshold on the calibration trials.")
+    eer: float = Field(description="Equal error rate of the calibration trials.")
+    llr_scale: float = Field(description="llr = llr_scale * score + llr_offset (natural log).")
+    llr_offset: float
+    llr_prior: float = Field(0.5, description="Target prior the logistic regression was weighted with.")
+    trials_file: str = Field(description="The trials file (as given to voxgate calibrate).")
+    trials_sha256: str
+    target_trials: int = Field(ge=1)
+    nontarget_trials: int = Field(ge=1)
+    skipped_trials: int = Field(0, ge=0, description="Trials left out because a file was refused.")
+    refused_files: dict[str, int] = Field(default_factory=dict, description="Refused files by reason code.")
+    min_speech_seconds: float = Field(description="The speech gate the files went through.")
+    asnorm_top_n: int | None = None
+    cohort_sha256: str | None = Field(None, description="The cohort an asnorm calibration was measured with.")
+    created: str = Field(description="When (UTC, ISO 8601).")
+    tool: str = Field(description="Tool and version that measured it.")
+
+
+class CohortInfo(BaseModel):
+    """The AS-Norm cohort stored beside the graph (``voxgate cohort build``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = Field("cohort.npy", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+    sha256: str
+    speakers: int = Field(ge=2, description="Rows: one unit-length mean embedding per cohort speaker.")
+    recordings: int = Field(ge=2)
+    top_n: int = Field(100, ge=2, description="Cohort scores AS-Norm averages per side (default).")
+    source: str = Field(description="Where the cohort's recordings came from (as given).")
+    created: str
+    tool: str
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -159,10 +205,22 @@ class ModelManifest(BaseModel):
     license: str | None = None
     attribution: str | None = None
     exporter: str = Field(description="Tool and version that wrote the graph.")
+    # --- accuracy (written by voxgate calibrate / cohort build; none of them changes the model key) ---
+    calibration: dict[Literal["cosine", "asnorm"], ScoreCalibration] = Field(
+        default_factory=dict, description="Measured thresholds and LLR calibrations, by score type."
+    )
+    cohort: CohortInfo | None = Field(None, description="AS-Norm cohort beside the graph.")
+    drop_non_speech: bool = Field(
+        False,
+        description="Embed only the VAD's speech regions (non-speech dropped). It changes embeddings, so it "
+        "is part of the model key. Off unless measured to help the model (docs/accuracy.md).",
+    )
 
     def model_key(self) -> str:
-        """Stable identity for storage namespacing: name plus the first bytes of the graph hash."""
-        return f"{self.name}@{self.graph_sha256[:12]}"
+        """Stable identity for storage namespacing: name plus the first bytes of the graph hash (and a
+        suffix when the embeddings are of the speech regions only)."""
+        key = f"{self.name}@{self.graph_sha256[:12]}"
+        return key + "+speech" if self.drop_non_speech else key
 
 
 def sha256_file(path: Path) -> str:

@@ -160,8 +160,7 @@ class Settings(BaseSettings):
     # --- decisions ---
     threshold: float | None = Field(
         None,
-        ge=-1.0,
-        le=1.0,
+        allow_inf_nan=False,
         description="Default decision threshold, in the units of the score in use (cosine, or AS-Norm with "
         "VOXGATE_SCORE_NORMALIZATION=asnorm); unset = the model manifest's calibrated threshold (voxgate "
         "calibrate), else its default_threshold.",
@@ -195,6 +194,14 @@ class Settings(BaseSettings):
         description="Cosine to the rest of the voiceprint below which an enrollment recording is unlike "
         "it; unset = the model's cosine decision threshold.",
     )
+
+    @model_validator(mode="after")
+    def _check_accuracy(self) -> Settings:
+        if self.threshold is not None and self.score_normalization == "none" and abs(self.threshold) > 1.0:
+            raise ValueError(
+                "threshold must be in [-1, 1] for cosine scores (VOXGATE_SCORE_NORMALIZATION=none)"
+            )
+        return self
 
     # --- who may do what: keys, tenants, limits, audit, encryption, retention ---
     auth: Literal["required", "off"] | None = Field(

@@ -6,7 +6,7 @@
 #                                          a virtual environment with the service and ONNX Runtime for CPU
 #                                          (`.[cpu]`: no torch, no test or lint tools)
 #   scripts/setup.sh test    (make test)  serve, plus torch (pinned CPU build, first: an unpinned torch pulls
-#                                          a CUDA build of several GB), the export, dev and reference extras,
+#                                          a CUDA build of several GB), the export, dev, reference and eval extras,
 #                                          and Debian's chromium (apt, when missing) for the /docs browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,8 +64,8 @@ setup_test() {
   fi
   say "installing $TORCH (CPU build) into $VENV"
   "${PIP[@]}" "$TORCH"
-  say "installing the export, dev and reference extras into $VENV (pip install -e '.[cpu,export,dev,reference]')"
-  "${PIP[@]}" -e ".[cpu,export,dev,reference]"
+  say "installing the export, dev, reference and eval extras into $VENV (pip install -e '.[cpu,export,dev,reference,eval]')"
+  "${PIP[@]}" -e ".[cpu,export,dev,reference,eval]"
   touch "$stamp"
   say "test dependencies installed ($(du -sh "$VENV" | cut -f1) in $VENV)"
 }

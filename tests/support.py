@@ -729,3 +729,38 @@ def multipart_body(fields: dict[str, str], files: list[tuple[str, str, bytes]]) 
         parts.append(head.encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+# --- non-speech signals (the VAD must find no speech in them) ---------------------------------------------
+@functools.lru_cache(maxsize=4)
+def non_speech_signals(seconds: float = 5.0) -> dict[str, npt.NDArray[np.float32]]:
+    """Silence, noise, tones, hum and a synthetic piece of music (piano-like notes and a drum), at 16 kHz."""
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum /= np.sqrt(np.maximum(np.arange(spectrum.size), 1))
+    pink = np.fft.irfft(spectrum, n)
+    freqs = (220, 440, 880, 1760, 3520)
+    tones = np.concatenate([np.sin(2 * np.pi * f * t[: n // len(freqs)]) for f in freqs])
+    music = np.zeros(n)
+    for i in range(int(seconds * 4)):
+        start = int(i * SAMPLE_RATE / 4)
+        d = t[: n - start]
+        for semi in (0, 4, 7) if i % 4 == 0 else (12 + int(rng.integers(0, 12)),):
+            f = 440 * 2 ** ((48 + semi - 69) / 12)
+            note = sum(np.exp(-3 * k * d) * np.sin(2 * np.pi * f * k * d) / k for k in range(1, 7))
+            music[start:] += note * np.exp(-2.5 * d)
+        if i % 2 == 0:
+            m = min(n - start, 800)
+            music[start : start + m] += rng.standard_normal(m) * np.exp(-np.arange(m) / 200)
+    signals = {
+        "silence": np.zeros(n),
+        "white_noise": 0.1 * rng.standard_normal(n),
+        "loud_white_noise": 0.3 * rng.standard_normal(n),
+        "pink_noise": 0.1 * pink / pink.std(),
+        "steady_tones": 0.3 * np.pad(tones, (0, n - tones.size)),
+        "hum": 0.2 * sum(np.sin(2 * np.pi * 50 * k * t) / k for k in range(1, 8)),
+        "music": 0.3 * music / np.abs(music).max(),
+    }
+    return {name: np.asarray(x, dtype=np.float32) for name, x in signals.items()}

@@ -60,6 +60,18 @@ Threshold = Annotated[
     float | None,
     Field(None, ge=-1.0, le=1.0, allow_inf_nan=False, description="Cosine threshold for a match."),
 ]
+# VOXGATE_SCORE_NORMALIZATION=asnorm: scores (and thresholds) are AS-Norm z-scores, not cosines.
+ASNORM_THRESHOLD_LIMIT = 100.0
+AsnormThreshold = Annotated[
+    float | None,
+    Field(
+        None,
+        ge=-ASNORM_THRESHOLD_LIMIT,
+        le=ASNORM_THRESHOLD_LIMIT,
+        allow_inf_nan=False,
+        description="AS-Norm score threshold for a match.",
+    ),
+]
 
 
 def _integer_text(value: object) -> object:
@@ -212,7 +224,20 @@ def build_forms(settings: Settings) -> Forms:
         )
 
     LimitedEnrollForm.__name__ = LimitedEnrollForm.__qualname__ = "EnrollForm"
-    return Forms(enroll=LimitedEnrollForm, verify=VerifyForm, identify=IdentifyForm)
+    verify: type[VerifyForm] = VerifyForm
+    identify: type[IdentifyForm] = IdentifyForm
+    if settings.score_normalization == "asnorm":
+
+        class AsnormVerifyForm(VerifyForm):
+            threshold: AsnormThreshold = None
+
+        class AsnormIdentifyForm(IdentifyForm):
+            threshold: AsnormThreshold = None
+
+        AsnormVerifyForm.__name__ = AsnormVerifyForm.__qualname__ = "VerifyForm"
+        AsnormIdentifyForm.__name__ = AsnormIdentifyForm.__qualname__ = "IdentifyForm"
+        verify, identify = AsnormVerifyForm, AsnormIdentifyForm
+    return Forms(enroll=LimitedEnrollForm, verify=verify, identify=identify)
 
 
 # --- from multipart contents to a validated form -------------------------------------------------

@@ -19,7 +19,7 @@ from app.audio import TARGET_SAMPLE_RATE, AudioHeader, decode_audio
 from app.engine.backend import available_cpu_cores
 from app.errors import DeadlineExceeded, VoxGateError
 from app.speakers import Recording, Waiting
-from app.vad import speech_seconds
+from app import vad
 
 
 def upload_name(upload: UploadedFile, position: int) -> str:
@@ -29,6 +29,7 @@ def upload_name(upload: UploadedFile, position: int) -> str:
 class AudioIntake:
     def __init__(self, *, workers: int, max_seconds: float) -> None:
         self.max_seconds = max_seconds
+        vad.load()  # a missing or broken VAD graph stops start-up, not the first request
         self._pool = ThreadPoolExecutor(
             max_workers=workers or available_cpu_cores(), thread_name_prefix="decode"
         )
@@ -84,6 +85,7 @@ class AudioIntake:
                 should_stop=check_deadline,
             )
             reservation.shrink(max(0, reserved - audio.waveform.nbytes))
-            return Recording(name, audio.waveform, speech_seconds(audio.waveform, TARGET_SAMPLE_RATE))
+            regions = vad.speech_regions(audio.waveform, TARGET_SAMPLE_RATE)
+            return Recording(name, audio.waveform, vad.regions_seconds(regions), regions)
         finally:
             reservation.shrink(DECODE_WORK_BYTES)

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from app.engine.backend import EmbeddingBackend, run_padded
 from app.manifest import ModelManifest
-from app.vad import FRAME_SECONDS, HOP_SECONDS, speech_mask
+from app.vad import overlap_samples, speech_regions
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -86,14 +86,8 @@ def speech_weights(waveform: Float32Array, bounds: list[tuple[int, int]], sample
     """Seconds of speech (app.vad) inside each segment; equal weights when no segment has any."""
     if len(bounds) == 1:
         return [1.0]
-    mask = speech_mask(waveform, sample_rate)
-    hop = HOP_SECONDS * sample_rate
-    # A VAD frame belongs to the segment holding its centre.
-    centres = np.arange(mask.size) * hop + FRAME_SECONDS * sample_rate / 2
-    speech_centres = centres[mask]
-    weights = [
-        float(np.count_nonzero((speech_centres >= a) & (speech_centres < b))) * HOP_SECONDS for a, b in bounds
-    ]
+    regions = speech_regions(waveform, sample_rate)
+    weights = [overlap_samples(regions, a, b) / sample_rate for a, b in bounds]
     if sum(weights) <= 0.0:
         # Nothing the VAD calls speech (the API refuses such audio; the CLI does not): plain average.
         return [1.0] * len(bounds)
