@@ -42,3 +42,20 @@ def test_bench_engine_quantises_and_runs_an_int8_graph(tmp_path: Path) -> None:
     rows = [line for line in out.splitlines() if line.startswith("| titanet-small int8 |")]
     assert any("engine" in row for row in rows), out
     assert json.loads((tmp_path / "titanet-small-int8" / "manifest.json").read_text())["precision"] == "int8"
+
+
+def test_bench_load_quick_runs_every_scenario(tmp_path: Path) -> None:
+    """Its own redis-server and `voxgate serve`, every scenario at a tiny size (about 40 s)."""
+    report = tmp_path / "load.json"
+    out = _run("-m", "bench.bench_load", "--quick", "--json", str(report), "--cache", str(tmp_path / "cache"))
+    doc = json.loads(report.read_text())
+    scenarios = {row["scenario"] for row in doc["rows"]}
+    expected = {"big_uploads", "too_long_uploads", "decode_bombs", "overload", "slow_clients", "idle_flood"}
+    assert scenarios >= expected | {"sigterm"}, out
+    assert doc["sustainable_rate"] > 0, out
+    for row in doc["rows"]:
+        assert sum(row["statuses"].values()) == row["requests"], row
+        assert f"| {row['label']} |" in out, row["label"]
+        skipped = any(note.startswith("skipped") for note in row["notes"])  # decode bombs without Opus
+        assert row["requests"] > 0 or skipped, row
+    assert "Targets (issue 10):" in out
