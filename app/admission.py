@@ -3,16 +3,18 @@
 Two questions are asked of every request that carries audio, before its body is read:
 
 * **Memory.** One budget (``MemoryBudget``) counts the bytes the process holds for requests: the
-  upload as it is read (its ``Content-Length`` reserved up front, a body without one counted as it
-  streams), and each recording's decoded waveform (reserved from its header before decoding). A request
+  upload as it is read (its ``Content-Length`` reserved up front with what decoding it will likely need,
+  a body without one counted as it streams), and each recording's decoded waveform (from its header,
+  before decoding, for all recordings of the request at once). A request
   that does not fit now is refused with 429; one that could never fit (larger than the whole budget)
   with 413. Nothing is buffered first.
 * **Time.** The engine knows the audio it has queued and its recent throughput, so the expected wait
-  of a new request is known before its audio is decoded. Admitted requests whose audio is still being
-  read or decoded count too, at the engine's average request size: a burst is refused at once instead
-  of paying seconds of decoding before a refusal. A request whose expected wait exceeds
-  ``max_queue_wait_s``, or whose deadline would pass first, gets 429 with a ``Retry-After`` computed
-  from that estimate.
+  of a new request is known before its audio is decoded. Admitted requests whose audio is being
+  decoded count too, at the engine's average request size: a burst is refused at once instead of
+  paying seconds of decoding before a refusal (a client still sending its body is not counted: it
+  costs the engine nothing, and a crowd of slow clients must not lock out everyone else). A request
+  whose expected wait exceeds ``max_queue_wait_s``, or whose deadline would pass first, gets 429 with a
+  ``Retry-After`` computed from that estimate.
 
 All bookkeeping is thread-safe (decoding threads reserve memory too) and O(1) per call.
 """
@@ -56,14 +58,35 @@ class MemoryBudget:
 
 @dataclass
 class Reservation:
-    """The bytes one request holds in the budget; all given back by ``release``."""
+    """The bytes one request holds in the budget; all given back by ``release``.
+
+    ``spare`` is held but not yet assigned: ``prepay`` reserves it up front (so an admitted request does
+    not fail half-way for memory that later requests took), ``grow`` uses it before taking more from the
+    budget, and ``shrink`` puts bytes back into it.
+    """
 
     budget: MemoryBudget
     held: int = 0
+    spare: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def prepay(self, n: int, what: str) -> None:
+        """Hold ``n`` more bytes for later use (refused like ``grow``)."""
+        self._take(n, what)
+        with self._lock:
+            self.spare += n
+
     def grow(self, n: int, what: str) -> None:
-        """Hold ``n`` more bytes for ``what``, or refuse the request (413 never fits, 429 not now)."""
+        """Hold ``n`` more bytes for ``what``, from the spare first, or refuse the request (413 when it
+        could never fit, 429 when not now)."""
+        if n <= 0:
+            return
+        with self._lock:
+            from_spare = min(n, self.spare)
+            self.spare -= from_spare
+        self._take(n - from_spare, what)
+
+    def _take(self, n: int, what: str) -> None:
         if n <= 0:
             return
         if self.held + n > self.budget.limit_bytes:
@@ -73,20 +96,19 @@ class Reservation:
                 max_request_bytes=self.budget.limit_bytes,
             )
         if not self.budget.try_take(n):
-            raise Overloaded(
-                f"server memory for requests is in use ({what} does not fit now)", retry_after_s=1.0
-            )
+            raise Overloaded(f"memory for requests is in use: {what} does not fit now", retry_after_s=1.0)
         with self._lock:
             self.held += n
 
     def shrink(self, n: int) -> None:
+        """No longer needed for what it was taken for; kept as spare until ``release``."""
         with self._lock:
-            n = min(n, self.held)
-            self.held -= n
-        self.budget.give_back(n)
+            self.spare += max(0, n)
 
     def release(self) -> None:
-        self.shrink(self.held)
+        with self._lock:
+            n, self.held, self.spare = self.held, 0, 0
+        self.budget.give_back(n)
 
 
 class Admission:
@@ -94,7 +116,9 @@ class Admission:
         self.engine = engine
         self.budget = budget
         self.max_queue_wait_s = max_queue_wait_s
-        self._undecoded = 0  # admitted requests whose audio has not reached the engine yet
+        # Requests whose body is in but whose audio has not reached the engine yet (being decoded). A
+        # request still sending its body is not counted: a slow client costs the engine nothing.
+        self._undecoded = 0
         self._lock = threading.Lock()
 
     def expected_wait_s(self) -> float:
@@ -117,28 +141,32 @@ class Admission:
         reservation = Reservation(self.budget)
         if content_length is not None:
             reservation.grow(content_length, "the request body")
-        with self._lock:
-            self._undecoded += 1
         return Admitted(self, reservation)
 
-    def _decoded(self) -> None:
+    def _count(self, delta: int) -> None:
         with self._lock:
-            self._undecoded = max(0, self._undecoded - 1)
+            self._undecoded = max(0, self._undecoded + delta)
 
 
 class Admitted:
-    """An admitted request: its memory reservation, and its place among the not yet decoded."""
+    """An admitted request: its memory reservation, and its place among those being decoded."""
 
     def __init__(self, admission: Admission, reservation: Reservation) -> None:
         self.reservation = reservation
         self._admission = admission
-        self._counted = True
+        self._counted = False
+
+    def body_read(self) -> None:
+        """Its body is in: it is about to bring audio to the engine (counted until ``decoded``)."""
+        if not self._counted:
+            self._counted = True
+            self._admission._count(+1)
 
     def decoded(self) -> None:
         """Its audio reached the engine (or never will): the engine's own queue counts it from here."""
         if self._counted:
             self._counted = False
-            self._admission._decoded()
+            self._admission._count(-1)
 
     def release(self) -> None:
         self.decoded()

@@ -18,10 +18,11 @@ Everything here is blocking CPU work: callers run it in a thread pool, never on 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -123,6 +124,11 @@ class AudioHeader:
     channels: int
     duration_s: float | None  # None when the container does not say (streamed WAV); MP3: an estimate
 
+    @staticmethod
+    def decoded_bytes_cap(max_seconds: float) -> int:
+        """The most one recording's decoded waveform can take (the duration cap, plus header slack)."""
+        return DECODED_BYTES_PER_SECOND * math.ceil(max_seconds + HEADER_SLACK_S + 1)
+
     def decoded_bytes(self, max_seconds: float | None) -> int:
         """Bytes of the 16 kHz float32 waveform decoding will produce (at most ``max_seconds`` of it)."""
         seconds = self.duration_s if self.duration_s is not None else max_seconds
@@ -141,6 +147,39 @@ DECODED_BYTES_PER_SECOND = TARGET_SAMPLE_RATE * 4  # float32
 HEADER_SLACK_S = 1.0
 
 
+@contextlib.contextmanager
+def _opened(data: bytes, content_type: str | None) -> Iterator[tuple[sf.SoundFile, AudioFormat]]:
+    """The upload opened by libsndfile, after the checks that need no decoding; libsndfile's errors
+    become ``invalid_audio`` (400)."""
+    check_content_type(content_type)
+    if not data:
+        raise InvalidAudio("empty upload (0 bytes)")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise UnsupportedMediaType(
+            "content is not a supported audio container (WAV, FLAC, OGG Vorbis/Opus, MP3)"
+        )
+    if fmt == "wav":
+        _check_wav_not_truncated(data)
+    buffer = io.BytesIO(data)
+    try:
+        with sf.SoundFile(buffer) as f:
+            yield f, fmt
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError, struct.error) as exc:
+        # libsndfile names the file object ("<_io.BytesIO object at 0x...>"): no use to a client.
+        reason = str(exc).replace(repr(buffer), "the upload")
+        raise InvalidAudio(f"cannot decode {fmt.upper()} audio: {reason}") from exc
+
+
+def read_header(
+    data: bytes, *, content_type: str | None = None, max_seconds: float | None = None
+) -> AudioHeader:
+    """What the upload's container says (format, rate, channels, duration), without decoding a sample.
+    Raises the same 4xx errors as ``decode_audio`` for what the header alone shows."""
+    with _opened(data, content_type) as (f, fmt):
+        return _header(f, fmt, max_seconds)
+
+
 def decode_audio(
     data: bytes,
     *,
@@ -156,28 +195,61 @@ def decode_audio(
     first (the caller reserves memory for the result, or refuses); ``should_stop`` runs between blocks
     and may raise (the request's deadline passed).
     """
-    check_content_type(content_type)
-    if not data:
-        raise InvalidAudio("empty upload (0 bytes)")
-    fmt = sniff_format(data[:16])
-    if fmt is None:
-        raise UnsupportedMediaType(
-            "content is not a supported audio container (WAV, FLAC, OGG Vorbis/Opus, MP3)"
-        )
-    if fmt == "wav":
-        _check_wav_not_truncated(data)
-    buffer = io.BytesIO(data)
-    try:
-        with sf.SoundFile(buffer) as f:
-            header = _header(f, fmt, max_seconds)
-            if before_decoding is not None:
-                before_decoding(header)
-            waveform = _decode_blocks(f, header, max_seconds, should_stop)
-    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError, struct.error) as exc:
-        # libsndfile names the file object ("<_io.BytesIO object at 0x...>"): no use to a client.
-        reason = str(exc).replace(repr(buffer), "the upload")
-        raise InvalidAudio(f"cannot decode {fmt.upper()} audio: {reason}") from exc
+    with _opened(data, content_type) as (f, fmt):
+        header = _header(f, fmt, max_seconds)
+        if before_decoding is not None:
+            before_decoding(header)
+        waveform = _decode_blocks(f, header, max_seconds, should_stop)
     return DecodedAudio(waveform, fmt, header.sample_rate, header.channels)
+
+
+# --- the duration from the first bytes of an upload that is still arriving -------------------------------
+STREAM_HEAD_BYTES = 64 * 1024
+
+
+def declared_seconds(head: bytes) -> float | None:
+    """The duration a WAV or FLAC header states, from the first bytes of the file (None when they do not
+    say: other containers, a streamed WAV, or not enough bytes yet). Lets an over-long upload be refused
+    while the rest of it is still on the way."""
+    fmt = sniff_format(head[:16])
+    if fmt == "flac":
+        return _flac_seconds(head)
+    if fmt == "wav" and head[:4] == b"RIFF":
+        return _wav_seconds(head)
+    return None
+
+
+def _flac_seconds(head: bytes) -> float | None:
+    # fLaC, then the STREAMINFO block: 4-byte block header, 10 bytes of block/frame sizes, then 20 bits
+    # sample rate, 3 bits channels, 5 bits bits-per-sample, 36 bits total samples (0 = unknown).
+    if len(head) < 8 + 18 or head[4] & 0x7F != 0:
+        return None
+    bits = int.from_bytes(head[18:26], "big")
+    rate = bits >> 44
+    total = bits & ((1 << 36) - 1)
+    return total / rate if rate > 0 and total > 0 else None
+
+
+def _wav_seconds(head: bytes) -> float | None:
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        chunk_id = head[pos : pos + 4]
+        (size,) = struct.unpack("<I", head[pos + 4 : pos + 8])
+        if chunk_id == b"fmt " and pos + 16 <= len(head):
+            (byte_rate,) = struct.unpack("<I", head[pos + 16 : pos + 20])
+        elif chunk_id == b"data":
+            if byte_rate <= 0 or size in (0, 0xFFFFFFFF):
+                return None
+            return float(size / byte_rate)
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def check_declared_duration(head: bytes, max_seconds: float) -> None:
+    """Refuse (``audio_too_long``) an upload whose header states more than ``max_seconds``."""
+    seconds = declared_seconds(head)
+    if seconds is not None and seconds > max_seconds + HEADER_SLACK_S:
+        raise _too_long(seconds, max_seconds)
 
 
 def _too_long(duration: float, max_seconds: float) -> AudioTooLong:

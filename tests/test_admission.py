@@ -10,22 +10,29 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from app.admission import Admission, MemoryBudget
+from app.api import intake as intake_module
+from app.api.intake import AudioIntake
+from app.api.multipart import UploadedFile
 from app.audio import BLOCK_SAMPLES, decode_audio
 from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine
 from app.engine.metrics import EngineMetrics
-from app.errors import AudioTooLong, DeadlineExceeded, Overloaded
+from app.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
+from app.speakers import Waiting
 from app.vad import speech_seconds
 from tests.support import (
     FakeBackend,
     LiveService,
     RedisProcess,
     build_tiny_model,
+    default_model_dir,
     encode,
     fake_manifest,
     multipart_body,
@@ -35,8 +42,8 @@ from tests.support import (
 )
 
 MB = 1024 * 1024
-UPLOAD = 4 * MB
-BUDGET = 16 * MB  # room for one recording's decoding work (app.admission.DECODE_WORK_BYTES)
+UPLOAD = 8 * MB
+BUDGET = 64 * MB
 
 
 def looped_speech(seconds: float) -> np.ndarray:
@@ -110,8 +117,9 @@ def service(
 
 
 def test_a_body_larger_than_the_budget_is_413_before_it_is_sent(service: LiveService) -> None:
-    # 20 MB is within /enroll's multipart limit (10 files of 4 MB) but could never fit a 16 MB budget.
-    sock = send_headers(service.port, "/enroll", 20 * MB)
+    # 40 MB is within /enroll's multipart limit (10 files of 8 MB) but, with what decoding it would need,
+    # could never fit a 64 MB budget.
+    sock = send_headers(service.port, "/enroll", 40 * MB)
     with sock:
         status, _, body = read_response(sock)  # answered although no body byte was sent
     assert status == 413
@@ -119,10 +127,11 @@ def test_a_body_larger_than_the_budget_is_413_before_it_is_sent(service: LiveSer
 
 
 def test_budget_in_use_is_429_at_once_and_free_again_after(service: LiveService) -> None:
-    holder = send_headers(service.port, "/enroll", 12 * MB)  # reserves 12 of the 16 MB, sends no body
+    # 8 MB of body and what decoding it would need (48 MB in all) are reserved; no body is sent.
+    holder = send_headers(service.port, "/enroll", 8 * MB)
     try:
         time.sleep(0.3)  # let the server admit it
-        second = send_headers(service.port, "/identify", 9 * MB // 2)  # within its limits, not the budget
+        second = send_headers(service.port, "/identify", 9 * MB // 2)  # 30 MB: fits alone, not now
         with second:
             status, headers, body = read_response(second)
         assert status == 429
@@ -140,13 +149,13 @@ def test_budget_in_use_is_429_at_once_and_free_again_after(service: LiveService)
 
 
 def test_a_chunked_body_is_counted_as_it_streams(service: LiveService) -> None:
-    # Five files of 3.5 MB each pass the per-file and per-request limits, but not the 16 MB budget.
+    # Ten files of 7 MB each pass the per-file and per-request limits, but not the 64 MB budget.
     sock = send_headers(service.port, "/enroll", None, "Transfer-Encoding: chunked\r\n")
     with sock:
         part = b'--xyz\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
-        part += b"\0" * (7 * MB // 2) + b"\r\n"
+        part += b"\0" * (7 * MB) + b"\r\n"
         try:
-            for _ in range(5):
+            for _ in range(10):
                 for start in range(0, len(part), 256 * 1024):
                     chunk = part[start : start + 256 * 1024]
                     sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
@@ -157,38 +166,71 @@ def test_a_chunked_body_is_counted_as_it_streams(service: LiveService) -> None:
     assert b"the request body" in body
 
 
-def test_decoded_audio_is_reserved_from_the_header_before_decoding(service: LiveService) -> None:
-    # 90 s of audio in a small FLAC: its decoded waveform (5.8 MB, twice that while joined) and the
-    # decoding work (8 MB) cannot fit a 16 MB budget.
-    wave = looped_speech(90.0)
-    flac = encode(wave, fmt="FLAC")
-    assert len(flac) < UPLOAD
-    status, _, body = post(service.port, "/enroll", {"speaker_id": "long"}, [("audio", "long.flac", flac)])
-    assert status == 413, body
-    assert b"decoded audio" in body
-    assert b"long.flac" in body
+def test_an_over_long_upload_is_refused_while_it_is_still_arriving(service: LiveService) -> None:
+    # 594 s of 8 kHz 8-bit audio (4.8 MB): refused from the WAV header in its first 64 KB; the rest of
+    # the body is never sent.
+    wav = encode(looped_speech(594.0)[::2], 8000, subtype="PCM_U8")
+    data, ctype = multipart_body({"speaker_id": "long"}, [("audio", "long.wav", wav)])
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        head = f"POST /enroll HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+        sock.sendall(head.encode() + b"\r\n" + data[: 80 * 1024])
+        status, _, body = read_response(sock)
+    assert status == 422
+    assert b'"code":"audio_too_long"' in body
+    assert b"long.wav" in body
+
+
+def test_decoded_audio_is_reserved_from_the_headers_before_any_decoding() -> None:
+    # Three recordings of 120 s in small FLACs: all their headers are read and their decoded waveforms
+    # (7.7 MB each) reserved before a single block is decoded; a 24 MB budget cannot hold them.
+    flac = encode(looped_speech(120.0), fmt="FLAC")
+    uploads = [UploadedFile("audio", f"long{i}.flac", None, flac) for i in range(3)]
+    engine = EmbeddingEngine(FakeBackend(), fake_manifest(), metrics=EngineMetrics(CollectorRegistry()))
+    intake = AudioIntake(engine, workers=1, max_seconds=300.0)
+    budget = MemoryBudget(24 * MB)
+    admitted = Admission(engine, budget, max_queue_wait_s=60.0).admit(len(flac) * 3, time.monotonic() + 30)
+    blocks = 0
+    real_decode = intake_module.decode_audio
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal blocks
+        blocks += 1
+        return real_decode(*args, **kwargs)
+
+    intake_module.decode_audio = counting_decode  # type: ignore[assignment]
+    try:
+        with pytest.raises(AudioTooLarge) as refused:
+            asyncio.run(intake.decode(uploads, admitted, Waiting(deadline=time.monotonic() + 30)))
+    finally:
+        intake_module.decode_audio = real_decode  # type: ignore[assignment]
+        admitted.release()
+        intake.close()
+    assert blocks == 0  # refused from the headers
+    assert "the decoded audio of 3 recording(s)" in refused.value.detail
+    assert budget.used_bytes == 0  # and everything given back
 
 
 def test_expected_wait_over_the_bound_is_429_before_the_body(
-    redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
+    redis_server: RedisProcess, tmp_path: Path
 ) -> None:
-    # The batcher holds every batch open for 3 s, and nothing may wait longer than 0.05 s: while one
-    # request waits, the next is refused from its headers alone.
+    # The real default model with its throughput measured at warm-up; the batcher holds each batch open
+    # for 3 s and nothing may wait longer than 0.05 s. While two minutes of speech wait in the engine
+    # (about a second of inference here), the next request is refused from its headers alone.
     settings = {"max_wait_ms": "3000", "max_queue_wait_s": "0.05"}
-    with LiveService(tiny_model, redis_server.url, tmp_path, settings) as live:
-        probe = [("audio", "a.wav", wav_bytes(speech_files()["vctk_p225"][0]))]
+    with LiveService(default_model_dir(), redis_server.url, tmp_path, settings) as live:
+        long_speech = encode(looped_speech(120.0))
         result: dict[str, int] = {}
 
         def first() -> None:
-            result["status"] = post(live.port, "/identify", {}, probe)[0]
+            result["status"] = post(live.port, "/identify", {}, [("audio", "long.wav", long_speech)])[0]
 
         thread = threading.Thread(target=first)
         thread.start()
-        time.sleep(1.0)  # the first is in the batcher's open batch now
+        time.sleep(1.5)  # the first is decoded and in the batcher's open batch now
         sock = send_headers(live.port, "/identify", 100_000)
         with sock:
             status, headers, body = read_response(sock)
-        thread.join(30)
+        thread.join(60)
         assert status == 429, body
         assert b"expected wait" in body
         assert int(headers["retry-after"]) >= 1
@@ -203,6 +245,7 @@ def test_engine_refuses_at_once_what_would_miss_its_deadline() -> None:
         fake_manifest(),
         config=BatcherConfig(max_batch_size=1, max_batch_samples=10**9, max_wait_s=0.0, queue_size=64),
         metrics=EngineMetrics(CollectorRegistry()),
+        warmup=False,  # the cautious initial throughput estimate, not one measured on the fake
     )
 
     async def scenario() -> None:

@@ -13,6 +13,7 @@ from app.admission import Admitted
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
+from app.audio import check_declared_duration
 from app.auth import Caller
 from app.observability import ARRIVED_STATE_KEY
 from app.speakers import Waiting
@@ -86,12 +87,23 @@ AdmittedRequest = Annotated[Admitted, Depends(admit_request)]
 
 
 async def _read(request: Request, state: State, admitted: Admitted, model: type[FormT]) -> FormT:
-    return await read_form(
+    """The request's form, read within its reservation: what decoding will likely need is prepaid now,
+    before the body is read, so an admitted request is not refused half-way for memory."""
+    settings = state.settings
+    declared = declared_length(request)
+    if declared is not None:
+        admitted.reservation.prepay(
+            state.intake.likely_decoding_bytes(declared, model.max_files()), "decoding this request's audio"
+        )
+    form = await read_form(
         request,
         model,
-        max_file_bytes=state.settings.max_upload_bytes,
+        max_file_bytes=settings.max_upload_bytes,
         on_unannounced_bytes=lambda n: admitted.reservation.grow(n, "the request body"),
+        on_file_head=lambda head: check_declared_duration(head, settings.max_audio_seconds),
     )
+    admitted.body_read()
+    return form
 
 
 async def enroll_form(request: Request, state: State, admitted: AdmittedRequest) -> EnrollForm:

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from starlette.requests import Request
 
-from app.api.multipart import FormContents, UploadedFile, read_multipart
+from app.api.multipart import FileHeadCheck, FormContents, UploadedFile, read_multipart
 from app.errors import InvalidRequest, InvalidSpeakerId
 from app.settings import Settings
 from app.store.keys import SPEAKER_ID_PATTERN, invalid_speaker_id
@@ -314,6 +314,7 @@ async def read_form(
     *,
     max_file_bytes: int,
     on_unannounced_bytes: Callable[[int], None] | None = None,
+    on_file_head: FileHeadCheck | None = None,
 ) -> FormT:
     """Stream the multipart body in (limits enforced while reading), then validate it as ``model``."""
     contents = await read_multipart(
@@ -322,6 +323,7 @@ async def read_form(
         max_files=model.max_files(),
         file_fields=model.file_fields(),
         on_unannounced_bytes=on_unannounced_bytes,
+        on_file_head=on_file_head,
     )
     return validate_form(model, contents)
 

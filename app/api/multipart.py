@@ -17,12 +17,16 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import AudioTooLarge, InvalidRequest, RequestCancelled, UnsupportedMediaType
+from app.errors import AudioTooLarge, InvalidRequest, RequestCancelled, UnsupportedMediaType, VoxGateError
 
 if TYPE_CHECKING:  # the TypedDict exists only for type checkers
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELD_BYTES = 16 * 1024  # text fields (ids, thresholds, metadata JSON) are small
+# A file's first bytes are shown to ``on_file_head`` once this many have arrived (its container header:
+# an over-long recording is refused while the rest of the upload is still on the way).
+HEAD_BYTES = 64 * 1024
+FileHeadCheck = Callable[[bytes], None]
 MAX_FIELDS = 64
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers
 
@@ -58,14 +62,21 @@ class _Part:
     filename: str | None = None
     is_file: bool = False
     data: bytearray = field(default_factory=bytearray)
+    head_seen: bool = False
 
 
 class _Collector:
     def __init__(
-        self, charset: str, max_file_bytes: int, max_files: int, file_fields: frozenset[str]
+        self,
+        charset: str,
+        max_file_bytes: int,
+        max_files: int,
+        file_fields: frozenset[str],
+        on_file_head: FileHeadCheck | None,
     ) -> None:
         self.charset = charset
         self.file_fields = file_fields
+        self.on_file_head = on_file_head
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self.contents = FormContents()
@@ -125,6 +136,19 @@ class _Collector:
                 )
             raise InvalidRequest(f"form field {part.name!r} exceeds {limit} bytes")
         part.data.extend(data[start:end])
+        if (
+            part.is_file
+            and not part.head_seen
+            and self.on_file_head is not None
+            and len(part.data) >= HEAD_BYTES
+        ):
+            part.head_seen = True
+            name = part.filename or part.name
+            try:
+                self.on_file_head(bytes(part.data[:HEAD_BYTES]))
+            except VoxGateError as exc:
+                exc.extra.setdefault("file", name)
+                raise
 
     def on_part_end(self) -> None:
         part = self.part
@@ -172,9 +196,11 @@ async def read_multipart(
     max_files: int,
     file_fields: frozenset[str] = frozenset(),
     on_unannounced_bytes: Callable[[int], None] | None = None,
+    on_file_head: FileHeadCheck | None = None,
 ) -> FormContents:
     """Read and parse the body; ``on_unannounced_bytes`` is told of every chunk of a body that came
-    without a Content-Length (so the caller can count it against a budget as it streams in)."""
+    without a Content-Length (so the caller can count it against a budget as it streams in), and
+    ``on_file_head`` sees the first ``HEAD_BYTES`` of every file part (and may refuse the request)."""
     content_type = request.headers.get("content-type", "")
     media_type, params = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
@@ -193,7 +219,7 @@ async def read_multipart(
         )
 
     charset = _text_charset(params.get(b"charset", b"utf-8"))
-    collector = _Collector(charset, max_file_bytes, max_files, file_fields)
+    collector = _Collector(charset, max_file_bytes, max_files, file_fields, on_file_head)
     callbacks: MultipartCallbacks = {
         "on_part_begin": collector.on_part_begin,
         "on_part_data": collector.on_part_data,

@@ -196,17 +196,22 @@ class EmbeddingEngine:
         return combine_segments(np.stack(embeddings), plan.weights)
 
     def _admit(self, plan: SegmentPlan, deadline: float) -> None:
-        """Refuse at once what cannot finish by its deadline, instead of queueing it to time out."""
         own = sum(self.backend.bucket(b - a) for a, b in plan.bounds)
         self._request_samples = 0.9 * self._request_samples + 0.1 * own
+        self.refuse_unless_in_time(own, deadline)
+
+    def refuse_unless_in_time(self, samples: int, deadline: float) -> None:
+        """Refuse at once audio that cannot be through inference by its deadline (504 when its own
+        inference alone is too long, 429 when the queue ahead makes it so) instead of queueing it to time
+        out. Callers may ask before decoding, from the duration the containers declare."""
         remaining = deadline - time.monotonic()
         rate = self._batcher.samples_per_second
-        if own / rate > remaining:
+        if samples / rate > remaining:
             raise DeadlineExceeded(
-                f"this audio needs about {own / rate:.1f} s of inference; {max(0.0, remaining):.1f} s of the "
-                "request's deadline are left"
+                f"this audio needs about {samples / rate:.1f} s of inference; {max(0.0, remaining):.1f} s of "
+                "the request's deadline are left"
             )
-        wait = self.expected_wait_s(extra_samples=own)
+        wait = self.expected_wait_s(extra_samples=samples)
         if wait > remaining:
             raise Overloaded(
                 f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
