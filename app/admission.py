@@ -21,6 +21,8 @@ All bookkeeping is thread-safe (decoding threads reserve memory too) and O(1) pe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -28,7 +30,11 @@ from dataclasses import dataclass, field
 
 from app.engine.engine import EmbeddingEngine
 from app.errors import AudioTooLarge, Overloaded
+from app.memory import trim_heap
 
+# The heap is trimmed when requests held at least this much since the last trim and hold nothing now.
+TRIM_AFTER_BYTES = 32 * 1024 * 1024
+TRIM_INTERVAL_S = 2.0
 # What a recording's decoding and speech measurement need besides the waveform itself (blocks, the
 # resampler, the VAD's chunked work arrays; see app.audio and app.vad), held while it is decoded.
 DECODE_WORK_BYTES = 8 * 1024 * 1024
@@ -38,22 +44,59 @@ class MemoryBudget:
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self._used = 0
+        self._peak = 0  # since the last ``take_peak``
         self._lock = threading.Lock()
 
     @property
     def used_bytes(self) -> int:
         return self._used
 
+    def take_peak(self) -> int:
+        """The most that was in use since the last call (which starts a new period)."""
+        with self._lock:
+            peak, self._peak = self._peak, self._used
+            return peak
+
     def try_take(self, n: int) -> bool:
         with self._lock:
             if self._used + n > self.limit_bytes:
                 return False
             self._used += n
+            self._peak = max(self._peak, self._used)
             return True
 
     def give_back(self, n: int) -> None:
         with self._lock:
             self._used = max(0, self._used - n)
+
+
+class HeapTrimmer:
+    """After a burst, once no request holds memory, give the freed heap back to the OS (``trim_heap``),
+    so the process's RSS falls back instead of staying at its peak."""
+
+    def __init__(self, budget: MemoryBudget, interval_s: float = TRIM_INTERVAL_S) -> None:
+        self.budget = budget
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._pending_peak = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="heap-trimmer")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self._pending_peak = max(self._pending_peak, self.budget.take_peak())
+            if self._pending_peak >= TRIM_AFTER_BYTES and self.budget.used_bytes == 0:
+                self._pending_peak = 0
+                await asyncio.to_thread(trim_heap)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @dataclass

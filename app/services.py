@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from prometheus_client import CollectorRegistry
 
-from app.admission import Admission, MemoryBudget
+from app.admission import Admission, HeapTrimmer, MemoryBudget
 from app.api.forms import Forms
 from app.api.intake import AudioIntake
 from app.api.state import AppState
@@ -86,6 +86,10 @@ async def open_state(
         sweeper = RetentionSweeper(store)
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
+        budget = MemoryBudget(settings.request_memory_bytes)
+        trimmer = HeapTrimmer(budget)
+        trimmer.start()
+        stack.push_async_callback(trimmer.stop)
         client, ns = store.client, settings.redis_namespace
         gate = Gate(
             ApiKeys(client, ns),
