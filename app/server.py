@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from collections.abc import Iterator
@@ -10,7 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
+from app.http_protocol import (
+    ConnectionGuard,
+    ConnectionLimits,
+    GuardedServer,
+    fit_to_fd_limit,
+    raise_fd_limit,
+)
 from app.main import create_app
 from app.observability import configure_logging
 from app.redis_supervisor import RedisSupervisor, RedisSupervisorError
@@ -57,19 +66,29 @@ def serve(host: str | None, port: int | None, model_dir: Path | None) -> int:
             log.error("cannot start the embedded redis-server: %s", exc)
             return 1
     try:
-        app = create_app(settings, model_dir=settings.model_dir)
+        # Connection limits and timeouts live in the HTTP protocol (app.http_protocol): uvicorn has no
+        # header or body read timeout, and middleware only runs once a request is parsed.
+        limits = fit_to_fd_limit(ConnectionLimits.from_settings(settings), raise_fd_limit())
+        guard = ConnectionGuard(limits)
+        registry = CollectorRegistry()
+        registry.register(guard.collector())
+        app = create_app(settings, model_dir=settings.model_dir, registry=registry)
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
+            http=guard.protocol_class(),
+            backlog=limits.accept_batch,  # per loop tick; GuardedServer sets the kernel's queue
+            timeout_keep_alive=math.ceil(limits.keepalive_timeout_s),  # the protocol uses the exact value
             log_config=None,  # configure_logging owns logging
             access_log=False,  # the request middleware writes the access line
             lifespan="on",
             timeout_graceful_shutdown=30,
         )
-        server = uvicorn.Server(config)
+        server = GuardedServer(config, guard)
         with _signals_end_gracefully():
             server.run()
+        guard.flush_log()
         # uvicorn swallows start-up failures into an exit without serving; report them as failure.
         return 0 if server.started else 1
     finally:

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         "had started) and the connection is closed. Also cuts off a client that reads no response byte "
         "for as long.",
     )
+    body_min_rate_bytes_s: float = Field(
+        1024.0,
+        ge=0,
+        description="After body_idle_timeout_s, a request body must keep arriving at this many bytes/s on "
+        "average (time the server itself did not read excluded), else 408 and the connection is closed: "
+        "a body trickled in byte by byte cannot hold a connection. 0 = no minimum.",
+    )
     keepalive_timeout_s: float = Field(
         75.0,
         gt=0,
