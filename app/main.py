@@ -38,11 +38,18 @@ non-audio content type is **415 `unsupported_media_type`**; a supported containe
 decoded (corrupt, truncated, empty) is **400 `invalid_audio`**.
 
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
-`instance`, `request_id`) with a stable `code`: `invalid_audio` 400, `speaker_not_found` 404,
-`audio_too_large` 413 (checked while the upload streams in), `unsupported_media_type` 415,
-`audio_too_long`, `no_speech`, `not_enough_speech`, `invalid_speaker_id`, `invalid_request` 422,
-`overloaded` 429 (with `Retry-After`), `store_unavailable` / `engine_unavailable` 503,
-`deadline_exceeded` 504. A refused request never changes stored data.
+`instance`, `request_id`) with a stable `code`: `invalid_audio` 400; `missing_api_key`,
+`invalid_api_key`, `revoked_api_key` 401 (with `WWW-Authenticate`); `speaker_not_found` 404;
+`request_timeout` 408 (headers or body too slow); `unlike_voiceprint` 409 (when enrollment refuses a
+recording unlike the voiceprint); `audio_too_large` 413 (from `Content-Length` before the body is read,
+or while it streams in); `unsupported_media_type` 415; `audio_too_long`, `no_speech`,
+`not_enough_speech`, `invalid_speaker_id`, `invalid_request` 422; `overloaded` (the server) and
+`rate_limited` (the API key) 429, both with `Retry-After`; `store_unavailable`, `engine_unavailable`,
+`connection_limit` 503; `deadline_exceeded` 504. A refused request never changes stored data.
+
+Authentication: when the service requires keys (`VOXGATE_AUTH`), every endpoint but `/healthz`,
+`/readyz`, `/metrics` and `/docs` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`; the key's
+tenant is the only tenant a request can see.
 """
 
 
