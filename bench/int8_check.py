@@ -170,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             by_level = {name: float(np.min(values[[lab == name for lab in labels]])) for name, _ in levels}
             rows.append(
                 f"| {int8_dir.name} | {run} | {len(chosen)} of {speakers_text} | "
-                f"{float(values.min()):.5f} | {float(values.mean()):.5f} | "
-                + " / ".join(f"{v:.5f}" for v in by_level.values())
+                f"{float(values.min()):.6f} | {float(values.mean()):.6f} | "
+                + " / ".join(f"{v:.6f}" for v in by_level.values())
                 + " |"
             )
     levels_text = " / ".join(

@@ -328,7 +328,10 @@ def test_int8_graph_gives_the_same_embeddings_on_emulated_avx2_kernels(
     (emulated, emulated_u8s8), features = embed_graphs(graphs, waves, emulate_cpu="Haswell")
     reported = {k for k in ("AVX2", "AVX512F", "AVX512BW", "AVX512VNNI") if features[k]}
     assert reported == {"AVX2"}, features
-    assert float(cosines(emulated, native).min()) >= 0.99999
+    # Integer sums are exact on both kernels; float kernels elsewhere in the graph (front end, decoder)
+    # differ in the last bits (1 - cos ~ 1e-13 for float32 graphs), which can move a quantised value
+    # across a rounding boundary now and then (1 - cos up to 7e-5 measured, ECAPA fixture): hence 1e-4.
+    assert float(cosines(emulated, native).min()) >= 0.9999
     assert float(cosines(emulated, reference).min()) >= 0.99
     assert float(cosines(emulated_u8s8, reference).min()) < 0.95  # saturated: not the VNNI kernels
 

@@ -155,8 +155,8 @@ def _louder_clipped(wave: Float32Array) -> Float32Array:
     return louder
 
 
-# (name, transform): calibration feeds every recording in each; the gate checks each. -20 dB keeps
-# ordinary speech above the VAD's -55 dBFS floor; 4x the peak clips like an overdriven microphone.
+# (name, transform): calibration feeds every recording in each; the gate checks each. -20 dB is a quiet
+# microphone (about -45 dBFS RMS for the repository's speech); 4x the peak clips like an overdriven one.
 LEVEL_CONDITIONS: tuple[tuple[str, Callable[[Float32Array], Float32Array]], ...] = (
     (AS_RECORDED, lambda wave: wave),
     ("-20 dB", _quieter),
