@@ -271,11 +271,14 @@ def draw(m: Measurement, path: Path) -> None:
 
 
 def write_scores(m: Measurement, path: Path) -> None:
-    header = ["label", "a", "b", *m.score_types]
+    """One row per scored trial: label, paths, each score type, and both files' net speech (s)."""
+    header = ["label", "a", "b", *m.score_types, "speech_a", "speech_b"]
     rows = ["\t".join(header)]
+    files = m.embedded.files
     for i, trial in enumerate(m.scores.kept):
         values = [f"{m.scores.scores[t][i]:.6f}" for t in m.score_types]
-        rows.append("\t".join([str(int(trial.target)), trial.a, trial.b, *values]))
+        speech = [f"{files[trial.a].speech_seconds:.3f}", f"{files[trial.b].speech_seconds:.3f}"]
+        rows.append("\t".join([str(int(trial.target)), trial.a, trial.b, *values, *speech]))
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 

@@ -406,7 +406,8 @@ def plot_det(
         clipped = np.clip(p, lo, hi)
         return np.array([nd.inv_cdf(float(x)) for x in clipped])
 
-    fig, axes = plt.subplots(1, 1 + len(histograms), figsize=(5.2 + 4.4 * len(histograms), 4.6), dpi=90)
+    width = 5.2 + 4.4 * len(histograms) if histograms else 7.6
+    fig, axes = plt.subplots(1, 1 + len(histograms), figsize=(width, 4.6), dpi=90)
     axes = np.atleast_1d(axes)
     det = axes[0]
     for label, tar, non, point in curves:
@@ -436,7 +437,11 @@ def plot_det(
     det.set_ylabel("false-reject rate (%)")
     det.set_title("DET (o = threshold in use)", fontsize=10)
     det.grid(True, color="0.85", lw=0.6)
-    det.legend(fontsize=7, loc="upper right")
+    if histograms:
+        det.legend(fontsize=7, loc="upper right")
+    else:  # many curves: the legend beside the axes
+        det.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.text(0.01, 0.01, "error rates of 0 are drawn on the axes' edge", fontsize=6, color="0.4")
     for ax, (label, tar, non, threshold) in zip(axes[1:], histograms, strict=True):
         both = np.concatenate([tar, non])
         bins = np.linspace(float(both.min()), float(both.max()), 40)

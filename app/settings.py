@@ -135,7 +135,10 @@ class Settings(BaseSettings):
     )
     max_audio_seconds: float = Field(300.0, gt=0, description="Longest accepted recording (seconds).")
     min_speech_seconds: float = Field(
-        1.0, ge=0, description="Net speech needed for verify / identify / each enrollment recording."
+        1.5,
+        ge=0,
+        description="Net speech (VAD) needed for verify / identify / each enrollment recording; the model's "
+        "manifest may ask for more. Below 1.5 s the default model's false rejects triple (docs/accuracy.md).",
     )
     enroll_speech_seconds: float = Field(
         8.0, ge=0, description="Net speech after which a speaker counts as enrolled."

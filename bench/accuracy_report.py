@@ -308,10 +308,10 @@ def report_conditions(out: Path, model: Path, plots: Path | None) -> None:
     print(f"trials: {SPEECH / 'trials.txt'} with the second recording of each trial degraded; model {model}")
     print()
     print(
-        "| test recordings | EER | FRR at the default threshold | FAR there | minDCF 0.01 "
-        "| refused by the gate | EER, non-speech dropped |"
+        "| test recordings | EER | threshold at the EER | FRR at the default threshold | FAR there "
+        "| minDCF 0.01 | refused by the gate | EER, non-speech dropped |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     curves = []
     for cond, listing in listings.items():
         gated = voxgate_eval(listing, out, model)
@@ -325,7 +325,8 @@ def report_conditions(out: Path, model: Path, plots: Path | None) -> None:
         s = r["scores"]["cosine"]  # type: ignore[index]
         t = trimmed["scores"]["cosine"]  # type: ignore[index]
         print(
-            f"| {cond} | {100 * s['eer']:.2f} % | {100 * s['threshold']['frr']:.2f} % | "
+            f"| {cond} | {100 * s['eer']:.2f} % | {s['eer_threshold']:.3f} | "
+            f"{100 * s['threshold']['frr']:.2f} % | "
             f"{100 * s['threshold']['far']:.2f} % | {s['min_dcf']['0.01']['value']:.3f} | {refused_text} | "
             f"{100 * t['eer']:.2f} % |"
         )
@@ -334,6 +335,7 @@ def report_conditions(out: Path, model: Path, plots: Path | None) -> None:
         values = np.array([float(r[3]) for r in rows])
         curves.append((cond, values[labels], values[~labels], s["threshold"]))
         sys.stdout.flush()
+    by_speech(out, [c for c in listings if c.startswith("cut")], model)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         from app.evaluation import OperatingPoint
@@ -361,6 +363,39 @@ def report_conditions(out: Path, model: Path, plots: Path | None) -> None:
                 plots / name, points(group), [], f"{load_manifest(model).model_key()}: test side degraded"
             )
             print(f"\nwrote {plots / name}")
+
+
+SPEECH_BINS = ((0.0, 1.0), (1.0, 1.5), (1.5, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 99.0))
+
+
+def by_speech(out: Path, conds: list[str], model: Path) -> None:
+    """The cut conditions' trials (no gate) pooled and grouped by the test recording's net speech."""
+    threshold = load_manifest(model).default_threshold
+    rows = []
+    for cond in conds:
+        lines = (out / f"{slug(cond)}.scores.tsv").read_text().splitlines()
+        header = lines[0].split("\t")
+        for line in lines[1:]:
+            row = dict(zip(header, line.split("\t"), strict=True))
+            rows.append((row["label"] == "1", float(row["cosine"]), float(row["speech_b"])))
+    print()
+    print(f"Pooled over {', '.join(conds)} (no speech gate), by the test recording's net speech (VAD):")
+    print()
+    print(
+        "| net speech of the test recording | same-speaker trials | different-speaker | EER "
+        "| FRR at the default threshold |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for lo, hi in SPEECH_BINS:
+        tar = np.array([s for t, s, sp in rows if t and lo <= sp < hi])
+        non = np.array([s for t, s, sp in rows if not t and lo <= sp < hi])
+        if tar.size == 0 or non.size == 0:
+            continue
+        label = f"{lo:g}-{hi:g} s" if hi < 99 else f">= {lo:g} s"
+        print(
+            f"| {label} | {tar.size} | {non.size} | {100 * eer(tar, non)[0]:.2f} % | "
+            f"{100 * float(np.mean(tar < threshold)):.2f} % |"
+        )
 
 
 # --- agreement --------------------------------------------------------------------------------------------
@@ -441,42 +476,54 @@ def report_agreement(model: Path, out: Path) -> None:
 
 
 # --- asnorm -----------------------------------------------------------------------------------------------
-def report_asnorm(model: Path) -> None:
-    """AS-Norm on the 378 trials, each trial's cohort = the speaker means of the 5 speakers not in it."""
+ASNORM_CONDITIONS = ("clean", "telephone 8 kHz", "babble 10 dB", "white noise 10 dB")
+
+
+def report_asnorm(model: Path, out: Path) -> None:
+    """AS-Norm on the 378 trials (test side clean or degraded, as ``conditions`` writes it), each trial's
+    cohort being the mean clean embeddings of the 5 speakers not in the trial (leave two speakers out)."""
     spk = speech_files()
-    paths = {f"{s}/{f.name}": f for s, fs in spk.items() for f in fs}
+    build_conditions(out)
+    trials = read_trials(SPEECH / "trials.txt")
+    names = sorted({t.a for t in trials} | {t.b for t in trials})
+    paths = {f"{slug(c)}/{n}": out / slug(c) / n for c in ASNORM_CONDITIONS for n in names}
     emb = _embed_all(paths, model)
     means = {
-        s: normalize_rows(np.mean([emb[f"{s}/{f.name}"] for f in fs], axis=0))[0] for s, fs in spk.items()
+        s: normalize_rows(np.mean([emb[f"clean/{s}/{f.name}"] for f in fs], axis=0))[0]
+        for s, fs in spk.items()
     }
-    trials = read_trials(SPEECH / "trials.txt")
     labels = np.array([t.target for t in trials])
-    raw = np.array([float(emb[t.a] @ emb[t.b]) for t in trials])
-    print("| cohort | top N | cosine EER | AS-Norm EER | AS-Norm minDCF 0.01 | cosine minDCF 0.01 |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for label, exclude in (
-        ("the 5 speakers not in the trial", True),
-        ("all 7 speakers (includes the trial's own)", False),
-    ):
-        for top_n in (3, 5):
-            normed = []
-            for t, s in zip(trials, raw, strict=True):
-                speakers = {t.a.split("/")[0], t.b.split("/")[0]}
-                cohort = np.stack([m for name, m in means.items() if not (exclude and name in speakers)])
-                n = min(top_n, cohort.shape[0])
+    print(
+        "| test recordings | cohort | top N | cosine EER | AS-Norm EER | cosine minDCF 0.01 "
+        "| AS-Norm minDCF 0.01 |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for cond in ASNORM_CONDITIONS:
+        a_side = [emb[f"clean/{t.a}"] for t in trials]
+        b_side = [emb[f"{slug(cond)}/{t.b}"] for t in trials]
+        raw = np.array([float(x @ y) for x, y in zip(a_side, b_side, strict=True)])
+        m_cos = compute_metrics("cosine", raw[labels], raw[~labels])
+        for label, exclude in (("5 speakers not in the trial", True), ("all 7 (the trial's own too)", False)):
+            for top_n in (3, 5):
+                normed = []
+                for t, x, y, s in zip(trials, a_side, b_side, raw, strict=True):
+                    speakers = {t.a.split("/")[0], t.b.split("/")[0]}
+                    cohort = np.stack([m for name, m in means.items() if not (exclude and name in speakers)])
+                    n = min(top_n, cohort.shape[0])
 
-                def stats(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                    top = np.sort(cohort @ v)[::-1][:n].astype(np.float64)  # noqa: B023
-                    return np.array([top.mean()]), np.array([max(top.std(), 1e-6)])
+                    def stats(
+                        v: np.ndarray, cohort: np.ndarray = cohort, n: int = n
+                    ) -> tuple[np.ndarray, np.ndarray]:
+                        top = np.sort(cohort @ v)[::-1][:n].astype(np.float64)
+                        return np.array([top.mean()]), np.array([max(top.std(), 1e-6)])
 
-                normed.append(float(as_norm(s, stats(emb[t.a]), stats(emb[t.b]))[0]))
-            a = np.array(normed)
-            m_cos = compute_metrics("cosine", raw[labels], raw[~labels])
-            m_as = compute_metrics("asnorm", a[labels], a[~labels])
-            print(
-                f"| {label} | {top_n} | {100 * eer(raw[labels], raw[~labels])[0]:.2f} % | "
-                f"{100 * m_as.eer:.2f} % | {m_as.min_dcf[0.01][0]:.3f} | {m_cos.min_dcf[0.01][0]:.3f} |"
-            )
+                    normed.append(float(as_norm(s, stats(x), stats(y))[0]))
+                a = np.array(normed)
+                m_as = compute_metrics("asnorm", a[labels], a[~labels])
+                print(
+                    f"| {cond} | {label} | {top_n} | {100 * m_cos.eer:.2f} % | {100 * m_as.eer:.2f} % | "
+                    f"{m_cos.min_dcf[0.01][0]:.3f} | {m_as.min_dcf[0.01][0]:.3f} |"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", type=Path, default=REPO / "data" / "accuracy")
     a.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     n = sub.add_parser("asnorm")
+    n.add_argument("--out", type=Path, default=REPO / "data" / "accuracy")
     n.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     args = parser.parse_args(argv)
     if args.section == "vad":
@@ -502,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.section == "agreement":
         report_agreement(args.model, args.out)
     else:
-        report_asnorm(args.model)
+        report_asnorm(args.model, args.out)
     return 0
 
 

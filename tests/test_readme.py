@@ -208,7 +208,7 @@ def test_voxgate_command_parses(command: Command) -> None:
         args = build_parser().parse_args(list(tokens[1:]))
     except SystemExit as exc:  # argparse reports the bad flag on stderr and exits 2
         pytest.fail(f"`{command}` is rejected by the CLI parser (exit {exc.code})")
-    assert args.command in {"serve", "export", "embed", "selfcheck", "keys"}
+    assert args.command in {"serve", "export", "embed", "selfcheck", "keys", "eval", "calibrate", "cohort"}
 
 
 @pytest.mark.parametrize("command", [c for c in _commands("voxgate") if "keys" in c.tokens], ids=str)
