@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from app.engine.backend import OnnxBackend, available_cpu_cores
-from app.engine.batcher import BatcherConfig
+from app.engine.config import BatcherConfig, EngineConfig
 from app.engine.engine import EmbeddingEngine
 from app.engine.metrics import EngineMetrics
 from app.manifest import load_manifest
@@ -337,13 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec, precision in specs:
         model_dir = prepare_model(spec, args.cache, precision or "fp32", args.calibration_audio)
         name = f"{Path(spec).name} {precision}".strip()
-        backend = OnnxBackend.from_settings(settings, model_dir)
-        config = BatcherConfig(
-            max_batch_size=max_batch,
-            max_batch_samples=int(settings.max_batch_audio_seconds * SR),
-            max_wait_s=max_wait_s,
-            queue_size=settings.queue_size,
-        )
+        engine_config = EngineConfig.from_settings(settings, model_dir)
+        backend = OnnxBackend.from_config(engine_config)
+        config = replace(engine_config.batcher(SR), max_batch_size=max_batch, max_wait_s=max_wait_s)
         fn = None if args.no_torch else torch_baseline(model_dir, args.torch_checkpoint, threads)
         if fn is None and not args.no_torch:
             print(f"# {name}: no torch model for baseline A (pass --torch-checkpoint)", file=sys.stderr)
