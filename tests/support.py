@@ -428,6 +428,7 @@ class FakeBackend:
 
     dim = 3
     provider = "FakeExecutionProvider"
+    measured_samples_per_s = None  # a fake's speed says nothing: the engine keeps its cautious guess
 
     def __init__(self, *, hold_first: bool = False, bucket_step: int = 1) -> None:
         self.batches: list[list[int]] = []  # true lengths of each batch

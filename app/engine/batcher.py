@@ -202,17 +202,10 @@ class DynamicBatcher:
         """Recent throughput: padded samples the backend embeds per second of inference."""
         return self._samples_per_s
 
-    def measure_throughput(self, batch_size: int, samples: int) -> float:
-        """Time one batch of ``batch_size`` waveforms of ``samples`` (on the worker thread, at start-up)
-        and take it as the throughput estimate, instead of the cautious initial guess."""
-        rng = np.random.default_rng(0)
-        waves = [(0.05 * rng.standard_normal(samples)).astype(np.float32) for _ in range(batch_size)]
-        t0 = time.perf_counter()
-        _, padded = run_padded(self._backend, waves)
-        elapsed = time.perf_counter() - t0
-        if elapsed > 0:
-            self._samples_per_s = padded * batch_size / elapsed
-        return self._samples_per_s
+    def assume_throughput(self, samples_per_s: float | None) -> None:
+        """Start the throughput estimate from a measured value instead of the cautious initial guess."""
+        if samples_per_s is not None and samples_per_s > 0:
+            self._samples_per_s = samples_per_s
 
     def backlog_samples(self) -> int:
         """Padded samples of every queued and running item: the work ahead of a new item."""

@@ -69,8 +69,8 @@ class EmbeddingEngine:
                     max_samples=max_samples,
                     max_batch_samples=self.config.max_batch_samples,
                 )
-                # Admission estimates waits from the throughput: start from a measured one.
-                self._batcher.measure_throughput(min(4, self.config.max_batch_size), 3 * manifest.sample_rate)
+                # Admission estimates waits from the throughput: start from the one warm-up measured.
+                self._batcher.assume_throughput(backend.measured_samples_per_s)
             self.selfcheck = run_selfcheck(backend, manifest, model_dir)  # raises: start-up fails
 
         self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=start_up)
