@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 API_DESCRIPTION = """\
 Enroll speakers, verify a voice against an enrolled speaker or a second recording, identify a voice
-among the enrolled speakers. Scores are raw **cosine similarities** in [-1, 1]; `match` means
-score >= threshold (the model's default unless the request gives one).
+among the enrolled speakers. Scores are raw **cosine similarities** in [-1, 1], or AS-Norm scores when
+the service normalises them (`score_type` says which; `llr` is the calibrated log-likelihood ratio when
+enabled); `match` means score >= threshold (the model's default unless the request gives one). Only
+speech counts: noise, music, tones and silence are `no_speech`.
 
 Audio: WAV (PCM 8/16/24/32-bit, float), FLAC, OGG (Vorbis, Opus) or MP3, sample rates 4-768 kHz, any channel
 count (mixed to mono, resampled to 16 kHz). The format is recognised from the file's content, not its

@@ -5,9 +5,9 @@ A neural VAD, Silero VAD v6 (MIT, ``app/assets/vad/``: the 16 kHz "sequence" ONN
 probability per 32 ms frame (512 samples at 16 kHz, each preceded by the previous frame's last 64
 samples, with the LSTM state carried from frame to frame); it runs ``FRAMES_PER_CALL`` frames per
 ``session.run`` and carries the state across calls: on the development speech that gives exactly the
-probabilities of Silero's frame-by-frame graph (``app/assets/vad/README.md``). The probabilities become speech regions with Silero's own
-rules (``get_speech_timestamps``: speech starts at p >= 0.5, ends after 100 ms below 0.35, regions of
-250 ms or less are dropped, 30 ms of padding each side).
+probabilities of Silero's frame-by-frame graph (``app/assets/vad/README.md``). The probabilities become
+speech regions with Silero's own rules (``get_speech_timestamps``: speech starts at p >= 0.5, ends after
+100 ms below 0.35, regions of 250 ms or less are dropped, 30 ms of padding each side).
 
 Unlike the energy VAD it replaced, it tells speech from noise, music, tones and hum: those give no
 speech regions, so the API refuses them (``no_speech``) and a recording that is mostly noise counts

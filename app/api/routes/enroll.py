@@ -19,7 +19,7 @@ def build_router(forms: Forms) -> APIRouter:
         "/enroll",
         response_model=EnrollResponse,
         openapi_extra=openapi_body(forms.enroll),
-        responses=problems(400, 401, 413, 415, 422, 429, 503, 504),
+        responses=problems(400, 401, 409, 413, 415, 422, 429, 503, 504),
     )
     async def enroll(
         state: State,
@@ -31,8 +31,8 @@ def build_router(forms: Forms) -> APIRouter:
     ) -> EnrollResponse:
         """Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
         once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
-        accepted. A recording unlike the existing voiceprint (cosine below the threshold) is still added,
-        with a warning."""
+        accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
+        added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse)."""
         async with state.gate.audit.audited(
             caller.tenant, caller.key_id, "enroll", form.speaker_id, request_id
         ):
