@@ -226,6 +226,26 @@ async def test_sync_reloads_after_a_gap(store: RedisVoiceprintStore) -> None:
     assert len(index) == 0
 
 
+async def test_a_new_history_with_the_same_versions_drops_rows_written_through(
+    store: RedisVoiceprintStore,
+) -> None:
+    # This replica wrote "a" through to its index, but Redis lost its data before the next poll, and
+    # another write started a new history at the same version number: the index must not keep "a".
+    rng = np.random.default_rng(10)
+    index = VoiceprintIndex(DIM)
+    syncer = IndexSyncer(store, index, 0.05)
+    await syncer.sync_once()  # version 0
+    written = await store.add_utterances("a", unit(rng)[0], 1, 1.0, None)
+    await syncer.write_through("a", written.sum)
+    for key in await _all_keys(store.client, store.keys.namespace):
+        await store.client.delete(key)
+    result = await store.add_utterances("b", unit(rng)[0], 1, 1.0, None)
+    assert result.version == 1  # the same version the lost history reached
+    await syncer.sync_once()
+    assert "b" in index
+    assert "a" not in index
+
+
 # --- Redis going away and coming back -------------------------------------------------------------
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:

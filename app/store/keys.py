@@ -76,6 +76,12 @@ class KeySchema:
         return f"{self.prefix}:version"
 
     @property
+    def epoch(self) -> str:
+        """A random id set by the first write of the model's history: a Redis that lost its data starts
+        a new history with a new epoch, so replicas reload instead of replaying versions onto stale rows."""
+        return f"{self.prefix}:epoch"
+
+    @property
     def changes(self) -> str:
         """Stream of changes (``v``, ``op``, ``id``), capped; replicas replay it after their version."""
         return f"{self.prefix}:changes"

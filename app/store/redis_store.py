@@ -22,6 +22,7 @@ import asyncio
 import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,9 +47,10 @@ _SCAN_BATCH = 2000
 
 # What every enrollment writes besides the voiceprint itself, in the same atomic step: bookkeeping,
 # the speaker set, the version and the change stream, the model and tenant registries, the expiry.
-# KEYS: speaker hash, speakers, version, changes, models, expiry, tenants.
+# KEYS: speaker hash, speakers, version, changes, models, expiry, tenants, epoch.
 # ARGV (from 3 on, shared): count, speech, metadata, now, speaker id, changes maxlen, model key,
-# expires_at ('' = never), tenant; ARGV[1], ARGV[2] belong to the variant.
+# expires_at ('' = never), tenant, a new epoch id (kept only if the history has none); ARGV[1], ARGV[2]
+# belong to the variant.
 _ENROLL_BOOKKEEPING = """
 local count = redis.call('HINCRBY', KEYS[1], 'count', tonumber(ARGV[3]))
 local speech = redis.call('HINCRBYFLOAT', KEYS[1], 'speech_seconds', ARGV[4])
@@ -67,6 +69,7 @@ local v = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'v', v, 'op', 'upsert', 'id', ARGV[7])
 redis.call('SADD', KEYS[5], ARGV[9])
 redis.call('SADD', KEYS[7], ARGV[11])
+redis.call('SET', KEYS[8], ARGV[12], 'NX')
 return {v, count, speech, created}
 """
 
@@ -183,10 +186,12 @@ class Change:
 
 @dataclass(frozen=True)
 class SyncPoint:
-    """Where a full snapshot starts: changes after ``stream_id`` (version ``version``) are newer."""
+    """Where a full snapshot starts: changes after ``stream_id`` (version ``version``) are newer, within
+    the history ``epoch`` (None before the first write)."""
 
     version: int
     stream_id: str | None
+    epoch: str | None = None
 
 
 def _text(value: object) -> str:
@@ -337,7 +342,16 @@ class RedisVoiceprintStore:
         if data_keys is not None and meta:
             meta = data_keys.seal(meta, self._aad(speaker_id, "metadata"))
         k = self.keys
-        keys = [k.speaker(speaker_id), k.speakers, k.version, k.changes, k.models, k.expiry, k.tenants]
+        keys = [
+            k.speaker(speaker_id),
+            k.speakers,
+            k.version,
+            k.changes,
+            k.models,
+            k.expiry,
+            k.tenants,
+            k.epoch,
+        ]
         now = time.time()
         shared: list[Any] = [
             count,
@@ -349,6 +363,7 @@ class RedisVoiceprintStore:
             k.model_key,
             self._expires_at(now),
             k.tenant,
+            uuid.uuid4().hex,
         ]
         if data_keys is None:
             async with redis_errors():
@@ -483,9 +498,10 @@ class RedisVoiceprintStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.get(self.keys.version)
             pipe.xrevrange(self.keys.changes, "+", "-", count=1)
-            raw_version, last = await pipe.execute()
+            pipe.get(self.keys.epoch)
+            raw_version, last, epoch = await pipe.execute()
         stream_id = last[0][0].decode() if last else None
-        return SyncPoint(int(raw_version) if raw_version else 0, stream_id)
+        return SyncPoint(int(raw_version) if raw_version else 0, stream_id, _text(epoch) if epoch else None)
 
     async def changes_after(self, stream_id: str | None, limit: int = 10_000) -> list[Change]:
         lo = f"({stream_id}" if stream_id else "-"

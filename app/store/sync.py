@@ -33,6 +33,7 @@ class IndexSyncer:
         self.interval_s = interval_s
         self.version = -1  # nothing loaded yet
         self.stream_id: str | None = None
+        self.epoch: str | None = None
         self.last_error: str | None = None
         self.last_success_monotonic: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -56,7 +57,7 @@ class IndexSyncer:
             ids.extend(batch_ids)
             vectors.extend(batch_sums)
         await asyncio.to_thread(self._replace_all, ids, vectors)
-        self.version, self.stream_id = point.version, point.stream_id
+        self.version, self.stream_id, self.epoch = point.version, point.stream_id, point.epoch
         # Changes made while we loaded are replayed by the next poll (upserts re-read, so idempotent).
         log.info("voiceprint index loaded", extra={"speakers": len(ids), "version": point.version})
 
@@ -96,6 +97,11 @@ class IndexSyncer:
         remote = point.version
         # Same version *and* same last stream entry: nothing changed. (A restarted, emptied Redis can
         # reach our version number again, but never with the same stream entry id.)
+        if point.epoch != self.epoch:
+            # Another history: Redis lost its data (restart without persistence, flush) and writes began
+            # anew; its versions say nothing about what this index holds (rows written through, say).
+            await self.full_reload()
+            return
         if remote == self.version and point.stream_id == self.stream_id:
             return
         if remote <= self.version:  # Redis lost data or was flushed
