@@ -357,3 +357,11 @@ def test_asnorm_needs_a_cohort_and_its_threshold(model: Path, redis_server: Redi
         Policy.from_settings(
             Settings(redis_url=redis_server.url, calibrated_scores=True), plain, DEFAULT_MODEL_DIR
         )
+
+
+def test_dropping_non_speech_changes_the_model_key_and_nothing_else_does(model: Path) -> None:
+    plain = load_manifest(DEFAULT_MODEL_DIR)
+    calibrated = load_manifest(model)  # calibration and cohort: same embeddings, same key
+    assert calibrated.model_key() == plain.model_key()
+    trimmed = plain.model_copy(update={"drop_non_speech": True})  # other embeddings: own namespace
+    assert trimmed.model_key() == plain.model_key() + "+speech"
