@@ -55,6 +55,25 @@ tenant is the only tenant a request can see.
 """
 
 
+def _document_without_keys(app: FastAPI) -> None:
+    """Without keys (VOXGATE_AUTH=off) the OpenAPI document must not ask clients for one."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            document.get("components", {}).pop("securitySchemes", None)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    if isinstance(operation, dict):
+                        operation.pop("security", None)
+                        operation.get("responses", {}).pop("401", None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -97,6 +116,8 @@ def create_app(
         lifespan=lifespan,
         **docs.FASTAPI_DOCS_OPTIONS,  # /docs from packaged assets (works offline), no /redoc
     )
+    if not settings.auth_required:
+        _document_without_keys(app)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, registry=registry)
     # The form-taking routes are built per app: their OpenAPI bodies carry this app's limits.

@@ -117,6 +117,14 @@ def test_keys_are_required_off_loopback_by_default(tiny_model: Path) -> None:
     assert Settings(host="127.0.0.1", auth="required").auth_required is True
 
 
+def test_without_keys_the_document_asks_for_none(redis_server: RedisProcess, tiny_model: Path) -> None:
+    with TestClient(create_app(settings_for(redis_server.url, tiny_model))) as c:  # loopback: off
+        document = c.get("/openapi.json").json()
+    assert "securitySchemes" not in document.get("components", {})
+    assert all("security" not in op for ops in document["paths"].values() for op in ops.values())
+    assert "401" not in document["paths"]["/enroll"]["post"]["responses"]
+
+
 def test_auth_off_on_a_public_address_logs_a_warning(
     redis_server: RedisProcess, tiny_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
