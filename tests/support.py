@@ -278,9 +278,7 @@ def redis_snapshot(redis_url: str, namespace: str) -> dict[bytes, bytes | None]:
     try:
         keys = sorted(client.scan_iter(match=f"{namespace}:*"))
         return {
-            key: client.dump(key)
-            for key in keys
-            if not key.endswith(b":audit") and b":ratelimit:" not in key
+            key: client.dump(key) for key in keys if not key.endswith(b":audit") and b":ratelimit:" not in key
         }
     finally:
         client.close()
@@ -765,3 +763,15 @@ def non_speech_signals(seconds: float = 5.0) -> dict[str, npt.NDArray[np.float32
         "music": 0.3 * music / np.abs(music).max(),
     }
     return {name: np.asarray(x, dtype=np.float32) for name, x in signals.items()}
+
+
+def run_voxgate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The ``voxgate`` command line, run in the repository with ``env`` on top of this one's."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -8,8 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,12 @@ from app.main import create_app
 from app.settings import Settings
 from app.store.redis_store import redis_client
 from tests.support import (
-    REPO_ROOT,
     LiveService,
     OwnRedis,
     RedisProcess,
     build_tiny_model,
     redis_snapshot,
+    run_voxgate,
     settings_for,
     speech_files,
     wav_bytes,
@@ -49,17 +47,6 @@ PROTECTED = [
 
 def wav(path: Path, field: str = "audio") -> tuple[str, tuple[str, bytes, str]]:
     return (field, (path.name, wav_bytes(path), "audio/wav"))
-
-
-def voxgate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def new_key(settings: Settings, tenant: str, **limits: Any) -> tuple[str, str]:
@@ -317,12 +304,12 @@ def test_cli_key_works_on_every_replica_and_revocation_is_seen_at_once(
     replicas: tuple[LiveService, LiveService, dict[str, str]],
 ) -> None:
     one, two, env = replicas
-    created = voxgate("keys", "create", "--tenant", "acme", "--name", "web", env=env)
+    created = run_voxgate("keys", "create", "--tenant", "acme", "--name", "web", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert key.startswith("vgk_")
     assert "shown only once" in created.stderr
-    listed = voxgate("keys", "list", "--tenant", "acme", "--json", env=env)
+    listed = run_voxgate("keys", "list", "--tenant", "acme", "--json", env=env)
     (entry,) = json.loads(listed.stdout)
     assert entry["tenant"] == "acme"
     assert entry["name"] == "web"
@@ -333,24 +320,24 @@ def test_cli_key_works_on_every_replica_and_revocation_is_seen_at_once(
     assert key.split("_")[2].encode() not in b"".join(stored.values())  # only its hash
     for replica in (one, two):
         assert httpx.get(f"{replica.url}/speakers", headers=bearer(key)).status_code == 200
-    assert voxgate("keys", "revoke", entry["key_id"], env=env).returncode == 0
+    assert run_voxgate("keys", "revoke", entry["key_id"], env=env).returncode == 0
     for replica in (two, one):  # the very next request, on either replica
         r = httpx.get(f"{replica.url}/speakers", headers=bearer(key))
         assert r.status_code == 401
         assert r.json()["code"] == "revoked_api_key"
-    assert voxgate("keys", "revoke", "000000000000", env=env).returncode == 1
+    assert run_voxgate("keys", "revoke", "000000000000", env=env).returncode == 1
 
 
 def test_rate_limit_is_shared_by_replicas(replicas: tuple[LiveService, LiveService, dict[str, str]]) -> None:
     one, two, env = replicas
-    created = voxgate("keys", "create", "--tenant", "acme", "--rate", "0.2", "--burst", "3", env=env)
+    created = run_voxgate("keys", "create", "--tenant", "acme", "--rate", "0.2", "--burst", "3", env=env)
     key = created.stdout.strip()
     answers = [httpx.get(f"{replica.url}/speakers", headers=bearer(key)) for replica in (one, two, one, two)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]  # the burst of 3 is one bucket
     refused = answers[-1]
     assert refused.json()["code"] == "rate_limited"  # not "overloaded"
     assert int(refused.headers["retry-after"]) >= 1
-    log = voxgate("audit", "--tenant", "acme", "--json", env=env)
+    log = run_voxgate("audit", "--tenant", "acme", "--json", env=env)
     events = [json.loads(line) for line in log.stdout.splitlines()]
     assert any(e["action"] == "rate_limit" and e["outcome"] == "rate_limited" for e in events)
 

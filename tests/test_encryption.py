@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,10 +20,10 @@ from app.store.redis_store import redis_client
 from app.store.retention import RetentionSweeper
 from app.store.vault import VaultError
 from tests.support import (
-    REPO_ROOT,
     LiveService,
     RedisProcess,
     build_tiny_model,
+    run_voxgate,
     settings_for,
     speech_files,
     wav_bytes,
@@ -49,17 +47,6 @@ def speaker_hashes(settings: Settings) -> dict[bytes, dict[bytes, bytes]]:
         return {k: client.hgetall(k) for k in client.scan_iter(match=f"{settings.redis_namespace}:*:spk:*")}
     finally:
         client.close()
-
-
-def voxgate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_keys_parse_from_hex_or_base64_and_refuse_the_rest() -> None:
@@ -196,18 +183,18 @@ def test_encryption_turned_on_later_then_rotated_with_reencrypt(
     assert not any(f[b"sum"].startswith(SEALED_MAGIC) for f in speaker_hashes(plain).values())
 
     first_key = new_key_text()
-    run = voxgate("reencrypt", "--batch", "2", env={**env, "VOXGATE_VOICEPRINT_KEY": first_key})
+    run = run_voxgate("reencrypt", "--batch", "2", env={**env, "VOXGATE_VOICEPRINT_KEY": first_key})
     assert run.returncode == 0, run.stderr
     assert "3 sealed" in run.stdout
     assert all(f[b"sum"].startswith(SEALED_MAGIC) for f in speaker_hashes(plain).values())
-    again = voxgate("reencrypt", env={**env, "VOXGATE_VOICEPRINT_KEY": first_key})
+    again = run_voxgate("reencrypt", env={**env, "VOXGATE_VOICEPRINT_KEY": first_key})
     assert "0 sealed" in again.stdout  # resumable: nothing left to do
 
     second_key = new_key_text()
-    refused = voxgate("reencrypt", env={**env, "VOXGATE_VOICEPRINT_KEY": second_key})
+    refused = run_voxgate("reencrypt", env={**env, "VOXGATE_VOICEPRINT_KEY": second_key})
     assert refused.returncode == 1
     assert "VOXGATE_OLD_VOICEPRINT_KEY" in refused.stderr
-    rotated = voxgate(
+    rotated = run_voxgate(
         "reencrypt",
         env={**env, "VOXGATE_VOICEPRINT_KEY": second_key, "VOXGATE_OLD_VOICEPRINT_KEY": first_key},
     )
@@ -252,8 +239,8 @@ def test_erasing_a_tenant_deletes_its_data_keys_and_everything_else(
         assert client.get("/speakers/x").status_code == 200
         raw = redis.Redis.from_url(redis_server.url)
         assert raw.exists(f"{settings.redis_namespace}:doomed:datakeys")
-        assert voxgate("tenants", "erase", "doomed", env=env).returncode == 1  # needs --yes
-        erased = voxgate("tenants", "erase", "doomed", "--yes", env=env)
+        assert run_voxgate("tenants", "erase", "doomed", env=env).returncode == 1  # needs --yes
+        erased = run_voxgate("tenants", "erase", "doomed", "--yes", env=env)
         assert erased.returncode == 0, erased.stderr
         assert "data keys deleted" in erased.stdout
         assert not list(raw.scan_iter(match=f"{settings.redis_namespace}:doomed:*"))

@@ -56,11 +56,8 @@ def problem_response(
     )
 
 
-async def _voxgate_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, VoxGateError)
-    headers = exc.headers() or None
-    if exc.status >= 500:
-        log.warning("request failed: %s: %s", exc.code, exc.detail)
+def error_response(request: Request, exc: VoxGateError) -> JSONResponse:
+    """The problem+json answer of a VoxGate error (its status, code, title, detail, extras, headers)."""
     return problem_response(
         request,
         status=exc.status,
@@ -68,8 +65,15 @@ async def _voxgate_error(request: Request, exc: Exception) -> JSONResponse:
         title=exc.title,
         detail=exc.detail,
         extra=exc.extra,
-        headers=headers,
+        headers=exc.headers() or None,
     )
+
+
+async def _voxgate_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, VoxGateError)
+    if exc.status >= 500:
+        log.warning("request failed: %s: %s", exc.code, exc.detail)
+    return error_response(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -80,15 +84,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     if first.get("type") == "string_pattern_mismatch" and first["loc"][-1:] == ["speaker_id"]:
-        error = invalid_speaker_id()
-        return problem_response(
-            request,
-            status=error.status,
-            code=error.code,
-            title=error.title,
-            detail=error.detail,
-            extra=error.extra,
-        )
+        return error_response(request, invalid_speaker_id())
     where = ".".join(str(p) for p in first["loc"])
     return problem_response(
         request,
