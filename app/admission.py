@@ -22,7 +22,6 @@ All bookkeeping is thread-safe (decoding threads reserve memory too) and O(1) pe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import threading
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from app.engine.engine import EmbeddingEngine
 from app.errors import AudioTooLarge, Overloaded
 from app.memory import trim_heap
+from app.periodic import Periodic
 
 # The heap is trimmed when requests held at least this much since the last trim and hold nothing now.
 TRIM_AFTER_BYTES = 32 * 1024 * 1024
@@ -76,27 +76,20 @@ class HeapTrimmer:
 
     def __init__(self, budget: MemoryBudget, interval_s: float = TRIM_INTERVAL_S) -> None:
         self.budget = budget
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
         self._pending_peak = 0
+        self._periodic = Periodic("heap trim", interval_s, self.step)
+
+    async def step(self) -> None:
+        self._pending_peak = max(self._pending_peak, self.budget.take_peak())
+        if self._pending_peak >= TRIM_AFTER_BYTES and self.budget.used_bytes == 0:
+            self._pending_peak = 0
+            await asyncio.to_thread(trim_heap)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="heap-trimmer")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            self._pending_peak = max(self._pending_peak, self.budget.take_peak())
-            if self._pending_peak >= TRIM_AFTER_BYTES and self.budget.used_bytes == 0:
-                self._pending_peak = 0
-                await asyncio.to_thread(trim_heap)
+        self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
 
 
 @dataclass

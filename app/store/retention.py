@@ -8,12 +8,10 @@ replicas are harmless: each deletion checks, atomically, that the speaker is sti
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
-from app.errors import StoreUnavailable
+from app.periodic import Periodic
 from app.store.keys import KeySchema
 from app.store.redis_store import RedisVoiceprintStore, redis_errors
 
@@ -25,8 +23,7 @@ SWEEP_INTERVAL_S = 60.0
 class RetentionSweeper:
     def __init__(self, store: RedisVoiceprintStore, interval_s: float = SWEEP_INTERVAL_S) -> None:
         self.store = store
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("retention sweep", interval_s, self.sweep)
 
     async def sweep(self) -> int:
         """One pass over every tenant and model; the number of voiceprints deleted."""
@@ -49,21 +46,7 @@ class RetentionSweeper:
 
     def start(self) -> None:
         if self.store.retention_s is not None:
-            self._task = asyncio.create_task(self._run(), name="retention-sweeper")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.sweep()
-            except StoreUnavailable as exc:
-                log.warning("retention sweep failed: %s", exc)
-            except Exception:  # keep sweeping; a bug here must not stop retention silently
-                log.exception("retention sweep crashed")
+            self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
