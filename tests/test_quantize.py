@@ -41,6 +41,7 @@ from app.export.quantize import (
 )
 from app.manifest import QuantizationInfo, load_manifest
 from bench.int8_check import cosines, embed_graphs, qemu_binary
+from bench.int8_check import main as int8_check
 from tests.support import SPEECH_DIR, nemo_path, speech_files
 
 TITANET = "titanet-large-reduced"
@@ -334,6 +335,21 @@ def test_int8_graph_gives_the_same_embeddings_on_emulated_avx2_kernels(
     assert float(cosines(emulated, native).min()) >= 0.9999
     assert float(cosines(emulated, reference).min()) >= 0.99
     assert float(cosines(emulated_u8s8, reference).min()) < 0.95  # saturated: not the VNNI kernels
+
+
+def test_int8_check_reproduces_the_manifest_figures(
+    titanet_int8: Path, titanet_fp32: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m bench.int8_check`` (natively here) measures what the export measured."""
+    info = load_manifest(titanet_int8).quantization
+    assert info is not None
+    args = ["--fp32", str(titanet_fp32), "--int8", str(titanet_int8), "--speech", str(SPEECH_DIR)]
+    assert int8_check(args) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if " | native | " in line]
+    assert len(rows) == 1
+    assert rows[0][2] == f"{info.heldout_recordings} of {', '.join(GATE_SPEAKERS)}"
+    by_level = [float(v) for v in rows[0][5].rstrip(" |").split(" / ")]
+    assert by_level == pytest.approx(list(info.min_cosine_by_condition.values()), abs=2e-6)
 
 
 # --- the manifest ----------------------------------------------------------------------------------------
