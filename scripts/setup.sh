@@ -7,7 +7,9 @@
 #                                          (`.[cpu]`: no torch, no test or lint tools)
 #   scripts/setup.sh test    (make test)  serve, plus torch (pinned CPU build, first: an unpinned torch pulls
 #                                          a CUDA build of several GB), the export, dev, reference and eval extras,
-#                                          and Debian's chromium (apt, when missing) for the /docs browser test
+#                                          Debian's chromium (apt, when missing) for the /docs browser test, and
+#                                          qemu-user (apt, when missing): int8 graphs are checked on emulated
+#                                          AVX2-only kernels whatever CPU the tests run on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +60,10 @@ setup_test() {
   if [ ! -x /usr/bin/chromium ]; then
     say "chromium missing: installing Debian's chromium with apt (headless test of the offline /docs page)"
     apt_install chromium
+  fi
+  if ! command -v qemu-x86_64 >/dev/null 2>&1; then
+    say "qemu-user missing: installing Debian's qemu-user with apt (int8 on emulated AVX2-only CPUs)"
+    apt_install qemu-user
   fi
   if current "$stamp"; then
     return
