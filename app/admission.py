@@ -22,6 +22,7 @@ All bookkeeping is thread-safe (decoding threads reserve memory too) and O(1) pe
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -31,6 +32,8 @@ from app.engine.engine import EmbeddingEngine
 from app.errors import AudioTooLarge, Overloaded
 from app.memory import trim_heap
 from app.periodic import Periodic
+
+log = logging.getLogger(__name__)
 
 # The heap is trimmed when requests held at least this much since the last trim and hold nothing now.
 TRIM_AFTER_BYTES = 32 * 1024 * 1024
@@ -82,6 +85,7 @@ class HeapTrimmer:
     async def step(self) -> None:
         self._pending_peak = max(self._pending_peak, self.budget.take_peak())
         if self._pending_peak >= TRIM_AFTER_BYTES and self.budget.used_bytes == 0:
+            log.debug("trimming the heap after a burst", extra={"peak_bytes": self._pending_peak})
             self._pending_peak = 0
             await asyncio.to_thread(trim_heap)
 

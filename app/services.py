@@ -104,9 +104,7 @@ async def open_state(
             tenants=tenants,
             speakers=SpeakerOperations(engine, tenants, Policy.from_settings(settings, manifest)),
             forms=forms,
-            admission=Admission(
-                engine, MemoryBudget(settings.request_memory_bytes), settings.max_queue_wait_s
-            ),
+            admission=Admission(engine, budget, settings.max_queue_wait_s),
             intake=intake,
             gate=gate,
             registry=registry,
