@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -28,7 +29,10 @@ def trim_heap() -> bool:
     """Hand the free pages inside malloc's heap back to the OS (glibc ``malloc_trim``; no-op elsewhere).
 
     Small blocks (request chunks, Python objects) live in the heap, which fragments under a burst and
-    cannot shrink from its top; trimming releases every whole free page inside it."""
+    cannot shrink from its top; trimming releases every whole free page inside it. A full garbage
+    collection first: a refused request's exception and its traceback form a cycle that keeps the
+    request's frames, hence its upload and decoded audio, alive until the cyclic collector runs."""
+    gc.collect()
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     return bool(trim(0)) if trim is not None else False
