@@ -22,6 +22,11 @@ middleware only runs once a request has been parsed, so all of this lives in a s
   against the client. A client that accepts no response bytes for ``body_idle_timeout_s`` (its window
   shut) is cut off too.
 * **Keep-alive idle timeout:** uvicorn's own timer (``keepalive_timeout_s``).
+* **Lingering close.** When a connection is closed after an answer given before the request's body
+  had arrived (a 429 or 413 from the headers alone), closing at once would make the kernel reset the
+  connection under the client's upload, and a client that stops at the write error never reads the
+  answer. Instead the rest of the body is read and dropped, for at most ``LINGER_S`` and ``LINGER_BYTES``,
+  and then the connection is closed.
 * **Bounded logs.** Refusals, evictions, timeouts and malformed requests are counted (Prometheus:
   ``voxgate_http_connections_dropped_total{reason}``) and logged as one summary line per
   ``SUMMARY_INTERVAL_S`` at most, never a line per connection.
@@ -350,6 +355,30 @@ class _ReadClock(FlowControl):
         self._on_ready(was_paused)
 
 
+# A connection closed after an early answer keeps reading (and dropping) the client's upload this long /
+# this much at most before it is closed for good.
+LINGER_S = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+
+class _LingeringTransport:
+    """The transport a request/response cycle sees: ``close()`` lingers while the request body is still
+    arriving (see the module docstring); everything else is the real transport."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        if self._protocol.conn.their_state is h11.SEND_BODY and not self._transport.is_closing():
+            self._protocol.linger()
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the limits of the module docstring; ``guard`` is set on the class
     that ``ConnectionGuard.protocol_class`` makes."""
@@ -379,6 +408,8 @@ class GuardedH11Protocol(H11Protocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._lingered_bytes: int | None = None  # set while lingering: bytes dropped so far
 
     # --- connection life ---
 
@@ -417,10 +448,18 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.release(self)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer, self._write_timer, self._grace_timer):
+        timers = (
+            self._header_timer,
+            self._body_timer,
+            self._write_timer,
+            self._grace_timer,
+            self._linger_timer,
+        )
+        for timer in timers:
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._body_timer = self._write_timer = self._grace_timer = None
+        self._linger_timer = None
 
     def _close(self) -> None:
         """Close from our side, without an answer (the connection has no request in progress)."""
@@ -437,7 +476,20 @@ class GuardedH11Protocol(H11Protocol):
 
     # --- reading ---
 
+    def linger(self) -> None:
+        """Closing after an early answer: read and drop the rest of the upload first (bounded)."""
+        self._cancel_timers()
+        self._unset_keepalive_if_required()
+        self._lingered_bytes = 0
+        self.transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_S, self._close)
+
     def data_received(self, data: bytes) -> None:
+        if self._lingered_bytes is not None:  # closing: the upload is dropped unparsed
+            self._lingered_bytes += len(data)
+            if self._lingered_bytes > LINGER_BYTES:
+                self._close()
+            return
         self._last_read = self.loop.time()
         if self.conn.their_state is h11.SEND_BODY:
             self._rate_bytes += len(data)
@@ -449,6 +501,7 @@ class GuardedH11Protocol(H11Protocol):
         cycle = self.cycle
         if cycle is not None and cycle is not self._seen_cycle and not cycle.response_complete:
             self._seen_cycle = cycle
+            cycle.transport = _LingeringTransport(self.transport, self)  # type: ignore[assignment]
             self._request_started()
 
     def _request_started(self) -> None:

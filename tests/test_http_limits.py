@@ -552,3 +552,21 @@ def test_sigterm_under_keepalive_load_answers_every_received_request_then_exits_
     # After the connections, the app's lifespan ended and the embedded redis-server was stopped cleanly.
     assert any(line["msg"] == "embedded redis-server stopped" for line in lines)
     assert "ready to exit" in (serve.data_dir / "redis" / "redis.log").read_text().lower()
+
+
+def test_an_early_answer_does_not_reset_the_upload_it_answers(limited: Serve) -> None:
+    """413 from the headers alone (the declared body is over the limit), to a client that asked for
+    Connection: close and goes on sending: the server reads and drops the upload before closing, so the
+    client's writes succeed and it reads the answer, instead of a reset under its upload."""
+    with limited.connect() as sock:
+        sock.sendall(
+            b"POST /enroll HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 900000000\r\n\r\n"
+        )
+        chunk = b"\0" * 65536
+        for _ in range(128):  # 8 MB after the server has answered and closed its side
+            sock.sendall(chunk)
+        status, headers, body = _read_one_response(sock)
+    assert status == 413
+    assert _problem_code(body) == "audio_too_large"
+    assert headers.get("connection") == "close"
