@@ -156,16 +156,18 @@ class Admission:
         self.engine = engine
         self.budget = budget
         self.max_queue_wait_s = max_queue_wait_s
-        # Requests whose body is in but whose audio has not reached the engine yet (being decoded). A
-        # request still sending its body is not counted: a slow client costs the engine nothing.
-        self._undecoded = 0
+        # Requests on their way to the engine. A request still sending its body is not counted (a slow
+        # client costs the engine nothing); one whose body is in counts at the engine's average request
+        # size until its headers tell how much audio it brings, then at exactly that.
+        self._undeclared = 0
+        self._declared_samples = 0
         self._lock = threading.Lock()
 
-    def expected_wait_s(self) -> float:
-        """Seconds a request admitted now would wait for inference, by the engine's estimate."""
+    def expected_wait_s(self, own_samples: int = 0) -> float:
+        """Seconds a request admitted now (bringing ``own_samples``) would wait for inference to finish."""
         with self._lock:
-            undecoded = self._undecoded
-        return self.engine.expected_wait_s(extra_requests=undecoded)
+            undeclared, declared = self._undeclared, self._declared_samples
+        return self.engine.expected_wait_s(extra_samples=declared + own_samples, extra_requests=undeclared)
 
     def admit(self, content_length: int | None, deadline: float) -> Admitted:
         """Admit a request (before its body is read) or refuse it with 429/413 at once."""
@@ -183,30 +185,53 @@ class Admission:
             reservation.grow(content_length, "the request body")
         return Admitted(self, reservation)
 
-    def _count(self, delta: int) -> None:
+    def refuse_unless_in_time(self, samples: int, decode_s: float, deadline: float) -> None:
+        """Before decoding, from the declared durations: refuse audio whose decoding (``decode_s``) and
+        inference cannot be done by the deadline, counting the audio of the other requests on their way
+        (see ``EmbeddingEngine.refuse_unless_in_time``), instead of decoding it only to refuse it later."""
         with self._lock:
-            self._undecoded = max(0, self._undecoded + delta)
+            undeclared, declared = self._undeclared, self._declared_samples
+        self.engine.refuse_unless_in_time(
+            samples, deadline, before_s=decode_s, extra_samples=declared, extra_requests=undeclared
+        )
+
+    def _move(self, undeclared: int, samples: int) -> None:
+        with self._lock:
+            self._undeclared = max(0, self._undeclared + undeclared)
+            self._declared_samples = max(0, self._declared_samples + samples)
 
 
 class Admitted:
-    """An admitted request: its memory reservation, and its place among those being decoded."""
+    """An admitted request: its memory reservation, and the audio it is bringing to the engine."""
 
     def __init__(self, admission: Admission, reservation: Reservation) -> None:
         self.reservation = reservation
         self._admission = admission
         self._counted = False
+        self._declared = 0
 
     def body_read(self) -> None:
         """Its body is in: it is about to bring audio to the engine (counted until ``decoded``)."""
         if not self._counted:
             self._counted = True
-            self._admission._count(+1)
+            self._admission._move(+1, 0)
+
+    def refuse_unless_in_time(self, samples: int, decode_s: float, deadline: float) -> None:
+        """See ``Admission.refuse_unless_in_time`` (before this request declares its audio)."""
+        self._admission.refuse_unless_in_time(samples, decode_s, deadline)
+
+    def declare(self, samples: int) -> None:
+        """Its headers say how much audio it brings: counted at that from now on."""
+        if self._counted and not self._declared:
+            self._declared = samples
+            self._admission._move(-1, samples)
 
     def decoded(self) -> None:
         """Its audio reached the engine (or never will): the engine's own queue counts it from here."""
         if self._counted:
             self._counted = False
-            self._admission._count(-1)
+            self._admission._move(0 if self._declared else -1, -self._declared)
+            self._declared = 0
 
     def release(self) -> None:
         self.decoded()

@@ -69,7 +69,7 @@ async def open_state(
         )
     manifest = engine.manifest
     async with AsyncExitStack() as stack:
-        intake = AudioIntake(engine, workers=settings.decode_workers, max_seconds=settings.max_audio_seconds)
+        intake = AudioIntake(workers=settings.decode_workers, max_seconds=settings.max_audio_seconds)
         stack.callback(intake.close)
         store = RedisVoiceprintStore.from_url(
             settings.redis_url,

@@ -186,7 +186,7 @@ def test_decoded_audio_is_reserved_from_the_headers_before_any_decoding() -> Non
     flac = encode(looped_speech(120.0), fmt="FLAC")
     uploads = [UploadedFile("audio", f"long{i}.flac", None, flac) for i in range(3)]
     engine = EmbeddingEngine(FakeBackend(), fake_manifest(), metrics=EngineMetrics(CollectorRegistry()))
-    intake = AudioIntake(engine, workers=1, max_seconds=300.0)
+    intake = AudioIntake(workers=1, max_seconds=300.0)
     budget = MemoryBudget(24 * MB)
     admitted = Admission(engine, budget, max_queue_wait_s=60.0).admit(len(flac) * 3, time.monotonic() + 30)
     blocks = 0
@@ -310,3 +310,25 @@ def test_vad_work_memory_does_not_grow_with_the_recording() -> None:
     # 10x the audio, not 10x the work arrays (the old frames x 480 float64 matrix was 350 MB at 300 s).
     assert peaks[1] < 32 * MB
     assert peaks[1] < 4 * peaks[0]
+
+
+def test_audio_on_its_way_counts_for_the_next_requests() -> None:
+    # The engine's cautious first estimate (20x real time, no warm-up): 100 s of declared audio on its
+    # way to the engine means about 5 s of inference ahead of anyone admitted next.
+    engine = EmbeddingEngine(
+        FakeBackend(), fake_manifest(), metrics=EngineMetrics(CollectorRegistry()), warmup=False
+    )
+    admission = Admission(engine, MemoryBudget(64 * MB), max_queue_wait_s=2.0)
+    first = admission.admit(None, time.monotonic() + 30)
+    first.body_read()
+    hundred_seconds = 100 * 16000
+    first.refuse_unless_in_time(hundred_seconds, 0.5, time.monotonic() + 30)  # alone: in time
+    first.declare(hundred_seconds)
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(None, time.monotonic() + 30)
+    assert "expected wait for inference is 5.0 s" in refused.value.detail
+    second = Admission(engine, MemoryBudget(64 * MB), max_queue_wait_s=60.0).admit(None, time.monotonic() + 3)
+    with pytest.raises(DeadlineExceeded):  # its own decoding and inference alone outlast its deadline
+        second.refuse_unless_in_time(hundred_seconds, 0.5, time.monotonic() + 3)
+    first.release()
+    admission.admit(None, time.monotonic() + 30).release()  # nothing on its way any more

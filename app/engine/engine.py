@@ -200,18 +200,30 @@ class EmbeddingEngine:
         self._request_samples = 0.9 * self._request_samples + 0.1 * own
         self.refuse_unless_in_time(own, deadline)
 
-    def refuse_unless_in_time(self, samples: int, deadline: float) -> None:
-        """Refuse at once audio that cannot be through inference by its deadline (504 when its own
-        inference alone is too long, 429 when the queue ahead makes it so) instead of queueing it to time
-        out. Callers may ask before decoding, from the duration the containers declare."""
+    def refuse_unless_in_time(
+        self,
+        samples: int,
+        deadline: float,
+        *,
+        before_s: float = 0.0,
+        extra_samples: int = 0,
+        extra_requests: int = 0,
+    ) -> None:
+        """Refuse at once audio that cannot be through inference by its deadline, instead of queueing
+        it to time out: 504 when its own work alone is too long, 429 when the queue ahead (plus
+        ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: time the audio
+        still needs before it reaches the engine (decoding). Admission asks before decoding, from the
+        durations the containers declare; ``embed`` asks again with the real audio."""
         remaining = deadline - time.monotonic()
-        rate = self._batcher.samples_per_second
-        if samples / rate > remaining:
+        alone = before_s + samples / self._batcher.samples_per_second
+        if alone > remaining:
             raise DeadlineExceeded(
-                f"this audio needs about {samples / rate:.1f} s of inference; {max(0.0, remaining):.1f} s of "
-                "the request's deadline are left"
+                f"this audio needs about {alone:.1f} s of decoding and inference; "
+                f"{max(0.0, remaining):.1f} s of the request's deadline are left"
             )
-        wait = self.expected_wait_s(extra_samples=samples)
+        wait = before_s + self.expected_wait_s(
+            extra_samples=samples + extra_samples, extra_requests=extra_requests
+        )
         if wait > remaining:
             raise Overloaded(
                 f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
