@@ -185,14 +185,22 @@ class Admission:
             reservation.grow(content_length, "the request body")
         return Admitted(self, reservation)
 
-    def refuse_unless_in_time(self, samples: int, decode_s: float, deadline: float) -> None:
-        """Before decoding, from the declared durations: refuse audio whose decoding (``decode_s``) and
-        inference cannot be done by the deadline, counting the audio of the other requests on their way
-        (see ``EmbeddingEngine.refuse_unless_in_time``), instead of decoding it only to refuse it later."""
+    def refuse_unless_in_time(
+        self, samples: int, decode_s: float, queued_decode_s: float, deadline: float
+    ) -> None:
+        """Before decoding, from the declared durations: refuse audio whose decoding (``decode_s``, after
+        ``queued_decode_s`` of others') and inference cannot be done by the deadline, counting the audio
+        of the other requests on their way (see ``EmbeddingEngine.refuse_unless_in_time``), instead of
+        decoding it only to refuse it later."""
         with self._lock:
             undeclared, declared = self._undeclared, self._declared_samples
         self.engine.refuse_unless_in_time(
-            samples, deadline, before_s=decode_s, extra_samples=declared, extra_requests=undeclared
+            samples,
+            deadline,
+            before_s=decode_s,
+            queued_before_s=queued_decode_s,
+            extra_samples=declared,
+            extra_requests=undeclared,
         )
 
     def _move(self, undeclared: int, samples: int) -> None:
@@ -216,9 +224,11 @@ class Admitted:
             self._counted = True
             self._admission._move(+1, 0)
 
-    def refuse_unless_in_time(self, samples: int, decode_s: float, deadline: float) -> None:
+    def refuse_unless_in_time(
+        self, samples: int, decode_s: float, queued_decode_s: float, deadline: float
+    ) -> None:
         """See ``Admission.refuse_unless_in_time`` (before this request declares its audio)."""
-        self._admission.refuse_unless_in_time(samples, decode_s, deadline)
+        self._admission.refuse_unless_in_time(samples, decode_s, queued_decode_s, deadline)
 
     def declare(self, samples: int) -> None:
         """Its headers say how much audio it brings: counted at that from now on."""

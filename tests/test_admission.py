@@ -322,13 +322,13 @@ def test_audio_on_its_way_counts_for_the_next_requests() -> None:
     first = admission.admit(None, time.monotonic() + 30)
     first.body_read()
     hundred_seconds = 100 * 16000
-    first.refuse_unless_in_time(hundred_seconds, 0.5, time.monotonic() + 30)  # alone: in time
+    first.refuse_unless_in_time(hundred_seconds, 0.5, 0.0, time.monotonic() + 30)  # alone: in time
     first.declare(hundred_seconds)
     with pytest.raises(Overloaded) as refused:
         admission.admit(None, time.monotonic() + 30)
     assert "expected wait for inference is 5.0 s" in refused.value.detail
     second = Admission(engine, MemoryBudget(64 * MB), max_queue_wait_s=60.0).admit(None, time.monotonic() + 3)
     with pytest.raises(DeadlineExceeded):  # its own decoding and inference alone outlast its deadline
-        second.refuse_unless_in_time(hundred_seconds, 0.5, time.monotonic() + 3)
+        second.refuse_unless_in_time(hundred_seconds, 0.5, 0.0, time.monotonic() + 3)
     first.release()
     admission.admit(None, time.monotonic() + 30).release()  # nothing on its way any more

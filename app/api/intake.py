@@ -80,8 +80,9 @@ class AudioIntake:
         seconds = sum(min(h.duration_s or self.max_seconds, self.max_seconds) for h in headers)
         samples = round(seconds * TARGET_SAMPLE_RATE)
         with self._lock:
-            decode_s = (self._queued_s + seconds) * self._cost / self.workers
-        admitted.refuse_unless_in_time(samples, decode_s, waiting.deadline)
+            # Its own decoding runs on one worker; what is queued ahead spreads over all of them.
+            decode_s, queued_s = seconds * self._cost, self._queued_s * self._cost / self.workers
+        admitted.refuse_unless_in_time(samples, decode_s, queued_s, waiting.deadline)
         admitted.declare(samples)
         with self._lock:
             self._queued_s += seconds

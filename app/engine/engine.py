@@ -206,13 +206,15 @@ class EmbeddingEngine:
         deadline: float,
         *,
         before_s: float = 0.0,
+        queued_before_s: float = 0.0,
         extra_samples: int = 0,
         extra_requests: int = 0,
     ) -> None:
         """Refuse at once audio that cannot be through inference by its deadline, instead of queueing
         it to time out: 504 when its own work alone is too long, 429 when the queue ahead (plus
-        ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: time the audio
-        still needs before it reaches the engine (decoding). Admission asks before decoding, from the
+        ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: the time the
+        audio itself still needs before it reaches the engine (its decoding), ``queued_before_s``: the
+        time it waits for that (others' decoding ahead of it). Admission asks before decoding, from the
         durations the containers declare; ``embed`` asks again with the real audio."""
         remaining = deadline - time.monotonic()
         alone = before_s + samples / self._batcher.samples_per_second
@@ -221,8 +223,10 @@ class EmbeddingEngine:
                 f"this audio needs about {alone:.1f} s of decoding and inference; "
                 f"{max(0.0, remaining):.1f} s of the request's deadline are left"
             )
-        wait = before_s + self.expected_wait_s(
-            extra_samples=samples + extra_samples, extra_requests=extra_requests
+        wait = (
+            before_s
+            + queued_before_s
+            + self.expected_wait_s(extra_samples=samples + extra_samples, extra_requests=extra_requests)
         )
         if wait > remaining:
             raise Overloaded(
