@@ -186,8 +186,15 @@ def run_engine(
     seconds: float,
 ) -> tuple[Result, list[Float32Array]]:
     registry = CollectorRegistry()
+    # Closed-loop clients wait as long as it takes: throughput is measured, not the service's deadline
+    # (with a 30 s deadline the engine would refuse what its admission estimate says cannot finish).
     engine = EmbeddingEngine(
-        backend, backend.manifest, config=config, warmup=False, metrics=EngineMetrics(registry)
+        backend,
+        backend.manifest,
+        config=config,
+        warmup=False,
+        metrics=EngineMetrics(registry),
+        request_timeout_s=3600.0,
     )
     outputs: list[Float32Array] = [np.zeros(0, np.float32)] * len(waves)
 
