@@ -17,7 +17,8 @@ from typing import Any
 import schemathesis
 from schemathesis.transport.serialization import Binary
 
-SPEECH = (Path(__file__).resolve().parent.parent / "examples" / "audio" / "1688-142285-0005.flac").read_bytes()
+REPO = Path(__file__).resolve().parent.parent
+SPEECH = (REPO / "examples" / "audio" / "1688-142285-0005.flac").read_bytes()
 FILE_FIELDS = ("audio", "reference")
 
 
