@@ -7,9 +7,12 @@ Decisions (also stated in the OpenAPI description at /docs):
   named ``.wav`` is refused that way. A declared content type that is clearly not audio
   (``text/*``, ``image/*``, ...) is 415 as well.
 * Content that *looks* like a supported container but cannot be decoded (corrupt, truncated, empty,
-  no samples, NaN/inf samples, a sample rate outside 4-768 kHz) is ``invalid_audio`` (400). A WAV
-  whose data chunk promises more bytes than the file holds is truncated and refused, even though
-  libsndfile would decode the prefix.
+  no samples, NaN/inf samples, a sample rate outside 4-768 kHz) is ``invalid_audio`` (400).
+  libsndfile decodes the prefix of a truncated file without complaint, so truncation is checked here:
+  a WAV whose data chunk promises more bytes than the file holds, an Ogg stream whose last page is
+  cut or is not its end-of-stream page, and any file that decodes to fewer frames than its header
+  declares (FLAC, MP3 with a Xing/LAME header). An MP3 without such a header states no length: a cut
+  one is a valid, shorter MP3.
 * Duration is checked from the header before decoding everything, and again after decoding (MP3
   headers only estimate it).
 
@@ -115,6 +118,23 @@ def _check_wav_not_truncated(data: bytes) -> None:
     raise InvalidAudio("WAV without a data chunk (truncated or corrupt)")
 
 
+def _check_ogg_not_truncated(data: bytes) -> None:
+    """Walk the Ogg pages: the last one must be whole and end the stream (libsndfile decodes the pages a
+    cut file still has, and its length comes from the last of them, so nothing else shows the cut)."""
+    pos, header_type = 0, 0
+    while pos + 27 <= len(data) and data[pos : pos + 4] == b"OggS":
+        segments = data[pos + 27 : pos + 27 + data[pos + 26]]
+        end = pos + 27 + data[pos + 26] + sum(segments)
+        if len(segments) < data[pos + 26] or end > len(data):
+            raise InvalidAudio(f"truncated or corrupt Ogg: the page at byte {pos} is cut off")
+        header_type, pos = data[pos + 5], end
+    if not header_type & _OGG_END_OF_STREAM:
+        raise InvalidAudio("truncated or corrupt Ogg: the stream ends without its end-of-stream page")
+
+
+_OGG_END_OF_STREAM = 0x04
+
+
 @dataclass(frozen=True)
 class AudioHeader:
     """What the container says before any sample is decoded."""
@@ -145,6 +165,9 @@ BLOCK_SAMPLES = 1 << 18
 DECODED_BYTES_PER_SECOND = TARGET_SAMPLE_RATE * 4  # float32
 # MP3 frame counts are estimates; the exact check while decoding catches the rest.
 HEADER_SLACK_S = 1.0
+# Fewer decoded frames than the header declares means a cut file, but encoders may disagree by up to
+# one MPEG audio frame about the padding at the end.
+TRUNCATION_SLACK_FRAMES = 1152
 
 
 @contextlib.contextmanager
@@ -161,6 +184,8 @@ def _opened(data: bytes, content_type: str | None) -> Iterator[tuple[sf.SoundFil
         )
     if fmt == "wav":
         _check_wav_not_truncated(data)
+    elif fmt == "ogg":
+        _check_ogg_not_truncated(data)
     buffer = io.BytesIO(data)
     try:
         with sf.SoundFile(buffer) as f:
@@ -227,7 +252,8 @@ def _flac_seconds(head: bytes) -> float | None:
     bits = int.from_bytes(head[18:26], "big")
     rate = bits >> 44
     total = bits & ((1 << 36) - 1)
-    return total / rate if rate > 0 and total > 0 else None
+    _check_sample_rate(rate)
+    return total / rate if total > 0 else None
 
 
 def _wav_seconds(head: bytes) -> float | None:
@@ -235,8 +261,10 @@ def _wav_seconds(head: bytes) -> float | None:
     while pos + 8 <= len(head):
         chunk_id = head[pos : pos + 4]
         (size,) = struct.unpack("<I", head[pos + 4 : pos + 8])
-        if chunk_id == b"fmt " and pos + 16 <= len(head):
-            (byte_rate,) = struct.unpack("<I", head[pos + 16 : pos + 20])
+        # fmt chunk: format tag, channels (2 bytes each), sample rate, byte rate (4 bytes each), ...
+        if chunk_id == b"fmt " and pos + 20 <= len(head):
+            sample_rate, byte_rate = struct.unpack("<II", head[pos + 12 : pos + 20])
+            _check_sample_rate(sample_rate)
         elif chunk_id == b"data":
             if byte_rate <= 0 or size in (0, 0xFFFFFFFF):
                 return None
@@ -260,15 +288,19 @@ def _too_long(duration: float, max_seconds: float) -> AudioTooLong:
     )
 
 
+def _check_sample_rate(sample_rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidAudio(
+            f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+        )
+
+
 def _header(f: sf.SoundFile, fmt: AudioFormat, max_seconds: float | None) -> AudioHeader:
     sample_rate = int(f.samplerate)
     channels = int(f.channels)
     if channels <= 0:
         raise InvalidAudio(f"bad stream parameters: {channels} channels")
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise InvalidAudio(
-            f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
-        )
+    _check_sample_rate(sample_rate)
     # libsndfile reports a huge frame count for WAVs whose data size is unknown (streamed: 0xFFFFFFFF).
     frames = int(f.frames)
     duration = frames / sample_rate if 0 < frames < 2**62 else None
@@ -292,8 +324,11 @@ def _decode_blocks(
     )
     pieces: list[npt.NDArray[np.float32]] = []
     frames = 0
-    block_frames = max(1, BLOCK_SAMPLES // channels)
-    for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+    # One buffer, and only the frames each read really returned: SoundFile.blocks() yields whole blocks
+    # of np.empty memory when a file ends before its header says (a cut MP3), i.e. whatever an earlier
+    # request decoded into that memory.
+    buffer = np.empty((max(1, BLOCK_SAMPLES // channels), channels), dtype=np.float32)
+    while (block := f.read(len(buffer), dtype="float32", always_2d=True, out=buffer)).shape[0]:
         if should_stop is not None:
             should_stop()
         frames += block.shape[0]
@@ -307,6 +342,11 @@ def _decode_blocks(
         pieces.append(np.array(mono, dtype=np.float32))  # a copy: the block buffer is reused
     if frames == 0:
         raise InvalidAudio("the recording holds no samples")
+    declared = int(f.frames)
+    if 0 < declared < 2**62 and frames < declared - TRUNCATION_SLACK_FRAMES:
+        raise InvalidAudio(
+            f"truncated {header.format.upper()}: the header declares {declared} frames, only {frames} decode"
+        )
     if resampler is not None:
         pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     waveform = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]

@@ -1,9 +1,13 @@
-"""The audit trail: who enrolled or deleted which speaker, and every refused authentication.
+"""The audit trail: who enrolled or deleted which speaker, every refused authentication and every
+rate-limited request.
 
 Each event (time, tenant, key id, speaker id, action, outcome, request id; never audio or embeddings)
-is appended to the tenant's capped Redis stream and written as one structured log line (logger
-``voxgate.audit``). Requests that named no valid key have no tenant: their events go to the stream of
-the reserved tenant ``_unauthenticated``. ``voxgate audit --tenant NAME`` reads a stream.
+is appended to a capped Redis stream and written as one structured log line (logger ``voxgate.audit``).
+Enrollments and deletions go to the tenant's trail; its keys' rate-limit refusals to a stream of their
+own, so that a flood of refused requests cannot push the trail's oldest entries out of the cap. A
+refused authentication has proved no tenant (whatever key id it names): its events go to the stream of
+the reserved tenant ``_unauthenticated``, with the key id when it names a stored key.
+``voxgate audit --tenant NAME`` reads a tenant's streams, merged in time order.
 """
 
 from __future__ import annotations
@@ -40,8 +44,17 @@ class AuditEvent:
         return {name: "" if value is None else str(value) for name, value in asdict(self).items()}
 
 
+# Events any client can cause at the rate it sends (not actions on the tenant's data).
+REFUSAL_ACTIONS = frozenset({"rate_limit"})
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_id(entry_id: Any) -> tuple[int, int]:
+    milliseconds, _, sequence = _text(entry_id).partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 class AuditLog:
@@ -50,8 +63,13 @@ class AuditLog:
         self.namespace = namespace
         self.maxlen = maxlen
 
-    def _stream(self, tenant: str) -> str:
-        return KeySchema(self.namespace, tenant, "-").audit
+    def _streams(self, tenant: str) -> tuple[str, str]:
+        schema = KeySchema(self.namespace, tenant, "-")
+        return schema.audit, schema.audit_refusals
+
+    def _stream(self, event: AuditEvent) -> str:
+        trail, refusals = self._streams(event.tenant)
+        return refusals if event.action in REFUSAL_ACTIONS else trail
 
     async def record(self, event: AuditEvent) -> None:
         """Append the event and log it. A Redis failure here is logged, not raised: the request's own
@@ -60,7 +78,7 @@ class AuditLog:
         try:
             async with redis_errors():
                 await self.client.xadd(
-                    self._stream(event.tenant),
+                    self._stream(event),
                     dict(event.fields()),  # type: ignore[arg-type]
                     maxlen=self.maxlen,
                     approximate=True,
@@ -69,12 +87,16 @@ class AuditLog:
             log.error("audit event not stored in Redis: %s", exc, extra={"audit": event.fields()})
 
     async def read(self, tenant: str, since: float | None = None, limit: int = 1000) -> list[AuditEvent]:
-        """The tenant's events from ``since`` (Unix seconds) on, oldest first."""
+        """The tenant's events (trail and refusals) from ``since`` (Unix seconds) on, oldest first."""
         lo = "-" if since is None else f"{int(since * 1000)}-0"
+        entries: list[tuple[tuple[int, int], Any]] = []
         async with redis_errors():
-            entries: Any = await self.client.xrange(self._stream(tenant), lo, "+", count=limit)
+            for stream in self._streams(tenant):
+                found: Any = await self.client.xrange(stream, lo, "+", count=limit)
+                entries += [(_stream_id(entry_id), raw) for entry_id, raw in found]
+        entries.sort(key=lambda entry: entry[0])
         events = []
-        for _, raw in entries:
+        for _, raw in entries[:limit]:
             values = {_text(k): _text(v) for k, v in raw.items()}
             events.append(
                 AuditEvent(

@@ -155,6 +155,21 @@ class ApiKeys:
         return record
 
 
+def presented_key(authorization: list[str], x_api_key: list[str]) -> str | None:
+    """The one key a request presents (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), None when
+    it presents none; ``InvalidApiKey`` for another scheme, or for two different keys (which one acts
+    must never depend on the header's order)."""
+    keys = [value.strip() for value in x_api_key if value.strip()]
+    for value in (v.strip() for v in authorization if v.strip()):
+        scheme, _, credentials = value.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise InvalidApiKey("the Authorization header must be `Bearer <key>`")
+        keys.append(credentials.strip())
+    if len(set(keys)) > 1:
+        raise InvalidApiKey("more than one API key (Authorization and X-API-Key): send one")
+    return keys[0] if keys else None
+
+
 class KeyRefused(Exception):
     """Authentication failed: ``error`` is the answer; ``key`` the stored key it named, if any."""
 
@@ -190,10 +205,16 @@ class Gate:
         self.required = required
         self.open_tenant = open_tenant
 
-    async def caller(self, token: str | None, request_id: str | None) -> Caller:
-        """The request's caller, or a 401 (no, invalid or revoked key) / 429 (rate limit) raised."""
+    async def caller(self, authorization: list[str], x_api_key: list[str], request_id: str | None) -> Caller:
+        """The caller of a request with these ``Authorization`` and ``X-API-Key`` header values, or a
+        401 (no, invalid or revoked key) / 429 (rate limit) raised."""
         if not self.required:
             return Caller(self.open_tenant)
+        try:
+            token = presented_key(authorization, x_api_key)
+        except InvalidApiKey as unusable:
+            await self._refused(None, "authenticate", unusable.code, request_id)
+            raise
         if not token:
             await self._refused(None, "authenticate", "missing_api_key", request_id)
             raise MissingApiKey(
@@ -202,6 +223,8 @@ class Gate:
         try:
             key = await self.keys.authenticate(token)
         except KeyRefused as refused:
+            # Refused, it proved no tenant: never its named key's tenant's trail (a wrong secret for a
+            # known key id could otherwise fill that tenant's audit stream).
             await self._refused(refused.key, "authenticate", refused.error.code, request_id)
             raise refused.error from None
         try:
@@ -218,6 +241,6 @@ class Gate:
         return self.audit.audited(caller.tenant, caller.key_id, action, speaker_id, request_id)
 
     async def _refused(self, key: ApiKey | None, action: str, outcome: str, request_id: str | None) -> None:
-        tenant = key.tenant if key is not None else UNAUTHENTICATED_TENANT
+        tenant = key.tenant if key is not None and action != "authenticate" else UNAUTHENTICATED_TENANT
         key_id = key.key_id if key is not None else None
         await self.audit.record(AuditEvent(time.time(), tenant, key_id, None, action, outcome, request_id))

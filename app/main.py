@@ -37,7 +37,9 @@ Audio: WAV (PCM 8/16/24/32-bit, float), FLAC, OGG (Vorbis, Opus) or MP3, sample 
 count (mixed to mono, resampled to 16 kHz). The format is recognised from the file's content, not its
 name: content that is no supported audio container (e.g. a text file named `.wav`) or a declared
 non-audio content type is **415 `unsupported_media_type`**; a supported container that cannot be
-decoded (corrupt, truncated, empty) is **400 `invalid_audio`**.
+decoded (corrupt, truncated, empty) is **400 `invalid_audio`** (an MP3 without a length header states no
+length, so one cut short is a valid, shorter MP3). Channels are averaged: a stereo recording whose
+channels cancel out (one phase-inverted) is silence, `no_speech`.
 
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
 `instance`, `request_id`) with a stable `code`: `invalid_audio` 400; `missing_api_key`,
@@ -46,12 +48,14 @@ Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `st
 recording unlike the voiceprint); `audio_too_large` 413 (from `Content-Length` before the body is read,
 or while it streams in); `unsupported_media_type` 415; `audio_too_long`, `no_speech`,
 `not_enough_speech`, `invalid_speaker_id`, `invalid_request` 422; `overloaded` (the server) and
-`rate_limited` (the API key) 429, both with `Retry-After`; `store_unavailable`, `engine_unavailable`,
-`connection_limit` 503; `deadline_exceeded` 504. A refused request never changes stored data.
+`rate_limited` (the API key) 429, both with `Retry-After`; `internal_error` 500 (a bug: the traceback is
+logged under the request id); `store_unavailable`, `engine_unavailable`, `connection_limit` 503;
+`deadline_exceeded` 504. A refused request never changes stored data.
 
 Authentication: when the service requires keys (`VOXGATE_AUTH`), every endpoint but `/healthz`,
-`/readyz`, `/metrics` and `/docs` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`; the key's
-tenant is the only tenant a request can see.
+`/readyz`, `/metrics`, `/docs` and `/openapi.json` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`
+(one key; two different ones are `invalid_api_key`); the key's tenant is the only tenant a request can
+see.
 """
 
 

@@ -45,6 +45,9 @@ _REQUEST_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # recordings on a CPU several seconds; the request deadline defaults to 30 s.
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED_ROUTE: Final = "<unmatched>"
+# The method is the client's token (any token parses): others share one label, as unmatched paths do.
+METRIC_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD: Final = "<other>"
 ARRIVED_STATE_KEY: Final = "arrived_monotonic"
 
 request_id_var: ContextVar[str | None] = ContextVar("voxgate_request_id", default=None)
@@ -263,8 +266,9 @@ class RequestContextMiddleware:
             self.metrics.in_progress.dec()
             method = str(scope.get("method", ""))
             route = route_template(scope)
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route, str(status)).observe(elapsed)
+            method_label = method if method in METRIC_METHODS else OTHER_METHOD
+            self.metrics.requests.labels(method_label, route, str(status)).inc()
+            self.metrics.latency.labels(method_label, route, str(status)).observe(elapsed)
             client = scope.get("client")
             _access_log.info(
                 "%s %s %d",

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.paths import DEFAULT_MODEL_DIR
+from app.store.keys import TENANT_PATTERN
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
@@ -217,8 +218,9 @@ class Settings(BaseSettings):
     # --- who may do what: keys, tenants, limits, audit, encryption, retention ---
     auth: Literal["required", "off"] | None = Field(
         None,
-        description="API keys: required = every request but /healthz, /readyz, /metrics and /docs needs a "
-        "key (Authorization: Bearer or X-API-Key), which names its tenant; off = no keys, everything acts "
+        description="API keys: required = every request but /healthz, /readyz, /metrics, /docs and "
+        "/openapi.json needs a key (Authorization: Bearer or X-API-Key), which names its tenant; off = no "
+        "keys, everything acts "
         "for VOXGATE_TENANT. Unset = required unless the service binds to a loopback address.",
     )
     rate_limit_rps: float = Field(
@@ -241,7 +243,10 @@ class Settings(BaseSettings):
         "(0 = kept until deleted).",
     )
     audit_max_events: int = Field(
-        100_000, ge=100, description="Events kept per tenant in the audit stream (older ones are trimmed)."
+        100_000,
+        ge=100,
+        description="Events kept per tenant in each audit stream (the trail; the rate-limit refusals); "
+        "older ones are trimmed.",
     )
 
     # --- Redis ---
@@ -256,7 +261,9 @@ class Settings(BaseSettings):
         "voxgate", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every Redis key."
     )
     tenant: str = Field(
-        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Tenant namespace inside the key schema."
+        "default",
+        pattern=TENANT_PATTERN,  # the rule for tenants of keys: '_' names are the service's own
+        description="The tenant every request acts for when keys are off (with keys: the key's tenant).",
     )
     index_sync_interval_s: float = Field(
         0.25, gt=0, description="How often the replica-local voiceprint matrix polls Redis for changes."

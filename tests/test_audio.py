@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from app.audio import TARGET_SAMPLE_RATE, decode_audio, sniff_format
+from app.audio import (
+    STREAM_HEAD_BYTES,
+    TARGET_SAMPLE_RATE,
+    check_declared_duration,
+    decode_audio,
+    sniff_format,
+)
 from app.errors import AudioTooLong, InvalidAudio, UnsupportedMediaType
 from app.vad import speech_seconds
 from tests.support import short_speech, speech_files, wav_bytes
@@ -125,6 +132,74 @@ def test_truncated_wav_is_invalid(keep: int) -> None:
     assert len(data) > 20000
     with pytest.raises(InvalidAudio):
         decode_audio(data[:keep])
+
+
+def _other_speech() -> np.ndarray:
+    data, _ = sf.read(speech_files()["librispeech_1688"][0], dtype="float32")
+    return data
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "rate"), [("OGG", "VORBIS", 16000), ("OGG", "OPUS", 48000)])
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_ogg_is_invalid(fmt: str, subtype: str, rate: int, keep: float) -> None:
+    # libsndfile decodes the pages a cut Ogg file still has, and takes its length from the last of them.
+    import soxr
+
+    data = _encode(soxr.resample(_speech(), 16000, rate), rate, fmt, subtype)
+    assert decode_audio(data).duration_s > 2.0
+    with pytest.raises(InvalidAudio, match="truncated or corrupt Ogg"):
+        decode_audio(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.8])
+def test_truncated_mp3_is_invalid_and_never_filled_with_earlier_audio(keep: float) -> None:
+    # libsndfile's MP3 header (Xing/LAME) declares more frames than a cut file decodes.
+    # SoundFile.blocks() yields those missing frames from np.empty memory: samples decoded earlier,
+    # possibly of another request, inside this upload's embedding.
+    cut = _encode(_speech(), 16000, "MP3", "MPEG_LAYER_III")
+    cut = cut[: int(len(cut) * keep)]
+    for _ in range(3):
+        decode_audio(_encode(_other_speech(), 16000, "WAV"))  # leaves its samples in freed memory
+        with pytest.raises(InvalidAudio, match="truncated MP3: the header declares"):
+            decode_audio(cut)
+
+
+def test_mp3_cut_within_its_last_frame_decodes_only_what_it_holds() -> None:
+    data = _encode(_speech(), 16000, "MP3", "MPEG_LAYER_III")
+    whole = decode_audio(data).waveform
+    decode_audio(_encode(_other_speech(), 16000, "WAV"))
+    cut = decode_audio(data[:-40]).waveform  # inside the last frame: within the encoder slack
+    assert whole.size - 1152 <= cut.size <= whole.size
+    np.testing.assert_array_equal(cut[: cut.size - 2000], whole[: cut.size - 2000])
+
+
+def _wav_with_leading_chunk(junk_bytes: int, sample_rate: int = 16000) -> bytes:
+    """A valid WAV whose fmt chunk comes after a JUNK chunk of this size."""
+    plain = wav_bytes(SPEECH_FILE)
+    assert plain[12:16] == b"fmt "
+    junk = b"JUNK" + struct.pack("<I", junk_bytes) + b"\x00" * (junk_bytes + (junk_bytes & 1))
+    body = junk + plain[12:]
+    if sample_rate != 16000:
+        fmt_at = len(junk) + 8
+        body = body[: fmt_at + 4] + struct.pack("<I", sample_rate) + body[fmt_at + 8 :]
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
+
+
+@pytest.mark.parametrize("fmt_offset", range(STREAM_HEAD_BYTES - 24, STREAM_HEAD_BYTES - 6, 2))
+def test_declared_duration_of_a_head_that_cuts_the_fmt_chunk(fmt_offset: int) -> None:
+    # The head of a file still arriving can end anywhere in the fmt chunk: never an exception.
+    data = _wav_with_leading_chunk(fmt_offset - 20)
+    assert data.index(b"fmt ") == fmt_offset
+    check_declared_duration(data[:STREAM_HEAD_BYTES], max_seconds=300)
+    assert decode_audio(data).duration_s == pytest.approx(_speech().size / 16000)
+
+
+def test_absurd_sample_rate_in_a_streamed_head_is_invalid_not_too_long() -> None:
+    data = _wav_with_leading_chunk(100, sample_rate=2**31 - 1)
+    with pytest.raises(InvalidAudio, match="unsupported sample rate 2147483647 Hz"):
+        check_declared_duration(data[:STREAM_HEAD_BYTES], max_seconds=300)
+    with pytest.raises(InvalidAudio, match="unsupported sample rate"):
+        decode_audio(data)
 
 
 def test_corrupt_flac_is_invalid() -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from app.audit import AuditLog
 from app.auth import ApiKeys
@@ -104,6 +105,14 @@ def test_keys_are_required_off_loopback_by_default(tiny_model: Path) -> None:
     assert Settings(host="127.0.0.1", auth="required").auth_required is True
 
 
+def test_the_open_tenant_follows_the_rule_for_tenants() -> None:
+    # Names starting with '_' are the service's own (the stream of refused authentications).
+    for reserved in ("_unauthenticated", "a" * 65, "acme:eu"):
+        with pytest.raises(ValidationError):
+            Settings(tenant=reserved)
+    assert Settings(tenant="acme.eu-1").tenant == "acme.eu-1"
+
+
 def test_without_keys_the_document_asks_for_none(redis_server: RedisProcess, tiny_model: Path) -> None:
     with TestClient(create_app(settings_for(redis_server.url, tiny_model))) as c:  # loopback: off
         document = c.get("/openapi.json").json()
@@ -126,6 +135,7 @@ def test_every_endpoint_refuses_a_missing_malformed_tampered_unknown_or_revoked_
     client: TestClient, settings: Settings
 ) -> None:
     key_id, key = new_key(settings, "acme")
+    _, other = new_key(settings, "acme")
     revoked_id, revoked = new_key(settings, "acme")
     asyncio.run(_revoke(settings, revoked_id))
     tampered = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
@@ -136,6 +146,11 @@ def test_every_endpoint_refuses_a_missing_malformed_tampered_unknown_or_revoked_
         "tampered": (bearer(tampered), "invalid_api_key"),
         "unknown": ({"X-API-Key": unknown}, "invalid_api_key"),
         "revoked": (bearer(revoked), "revoked_api_key"),
+        # A key was sent, just not as a bearer token: not "missing".
+        "basic scheme": ({"Authorization": f"Basic {key}"}, "invalid_api_key"),
+        "no scheme": ({"Authorization": key}, "invalid_api_key"),
+        # Two different keys: which tenant acts must not depend on which header wins.
+        "two keys": ({**bearer(key), "X-API-Key": other}, "invalid_api_key"),
     }
     before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
     for method, path in PROTECTED:
@@ -151,13 +166,50 @@ def test_every_endpoint_refuses_a_missing_malformed_tampered_unknown_or_revoked_
     # Both ways of presenting a valid key work.
     assert client.get("/speakers", headers=bearer(key)).status_code == 200
     assert client.get("/speakers", headers={"X-API-Key": key}).status_code == 200
-    # The refusals are in the audit trail: named keys under their tenant, the rest unauthenticated.
-    tenant_events = audit_events(settings, "acme")
-    assert {e.outcome for e in tenant_events} >= {"invalid_api_key", "revoked_api_key"}
-    assert {e.key_id for e in tenant_events if e.outcome == "invalid_api_key"} == {key_id}
+    assert client.get("/speakers", headers={**bearer(key), "X-API-Key": key}).status_code == 200
+    # A refused request proved no tenant: its events are unauthenticated (naming the stored key when it
+    # names one), never in the named key's tenant's trail.
+    assert audit_events(settings, "acme") == []
     anonymous = audit_events(settings, "_unauthenticated")
-    assert {e.outcome for e in anonymous} == {"missing_api_key", "invalid_api_key"}
-    assert all(e.key_id is None and e.request_id for e in anonymous)
+    assert {e.outcome for e in anonymous} == {"missing_api_key", "invalid_api_key", "revoked_api_key"}
+    assert {e.key_id for e in anonymous if e.outcome == "invalid_api_key"} == {None, key_id}
+    assert {e.key_id for e in anonymous if e.outcome == "revoked_api_key"} == {revoked_id}
+    assert all(e.request_id for e in anonymous)
+
+
+def test_refused_requests_cannot_push_a_tenants_enrollments_out_of_its_trail(
+    redis_server: RedisProcess, tiny_model: Path
+) -> None:
+    # The trail is capped. Wrong secrets for a known key id (anyone can send them) and the 429s of a
+    # client hammering its limit must not displace the enrollments and deletions.
+    settings = settings_for(
+        redis_server.url,
+        tiny_model,
+        auth="required",
+        rate_limit_rps=0.0,
+        audit_max_events=100,
+        redis_namespace=f"trail-{os.getpid()}",
+    )
+    key_id, key = new_key(settings, "acme", rate=0.001, burst=2)
+    guessed = f"vgk_{key_id}_{'A' * 43}"
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        files = [wav(SPEECH["librispeech_1688"][0])]
+        assert (
+            c.post("/enroll", headers=bearer(key), data={"speaker_id": "kept"}, files=files).status_code
+            == 200
+        )
+        assert c.delete("/speakers/kept", headers=bearer(key)).status_code == 200
+        for _ in range(300):
+            assert c.get("/speakers", headers=bearer(guessed)).json()["code"] == "invalid_api_key"
+            assert c.get("/speakers", headers=bearer(key)).json()["code"] == "rate_limited"
+    events = audit_events(settings, "acme")
+    assert [(e.action, e.speaker_id, e.outcome) for e in events[:2]] == [
+        ("enroll", "kept", "ok"),
+        ("delete", "kept", "ok"),
+    ]
+    assert {e.outcome for e in events[2:]} == {"rate_limited"}  # merged in time order
+    assert len(events) > 100  # the refusals are kept too, capped apart
+    assert not any(e.action == "authenticate" for e in events)
 
 
 async def _revoke(settings: Settings, key_id: str) -> None:

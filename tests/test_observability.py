@@ -19,8 +19,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from app.api.problems import install_problem_handlers
 from app.config_errors import InvalidSettings, format_validation_error, load_settings
 from app.observability import (
+    OTHER_METHOD,
     UNMATCHED_ROUTE,
     RequestContextMiddleware,
     accept_request_id,
@@ -233,6 +235,54 @@ def test_errors_and_unmatched_paths_are_counted(
     assert _count(registry, "/missing", "404") == 1
     assert _count(registry, "/fail", "500") == 1
     assert registry.get_sample_value("voxgate_http_requests_in_progress") == 0
+
+
+def test_made_up_methods_share_one_metric_label(
+    app_and_registry: tuple[FastAPI, CollectorRegistry], log_stream: io.StringIO
+) -> None:
+    # Any token is a method to the HTTP parser; one series per client-chosen token would grow /metrics
+    # without bound, before any authentication.
+    app, registry = app_and_registry
+    with TestClient(app) as client:
+        for i in range(20):
+            assert client.request(f"M{i}XYZ", "/missing").status_code == 405
+        client.request("DELETE", "/missing")
+    assert _count(registry, "/missing", "405", method=OTHER_METHOD) == 20
+    assert _count(registry, "/missing", "405", method="DELETE") == 1
+    methods = {
+        sample.labels["method"]
+        for metric in registry.collect()
+        if metric.name == "voxgate_http_requests"
+        for sample in metric.samples
+    }
+    assert methods == {OTHER_METHOD, "DELETE"}
+
+
+def test_unexpected_error_is_problem_json_with_request_id_and_logged_under_it(
+    log_stream: io.StringIO,
+) -> None:
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware, registry=CollectorRegistry())
+
+    @app.post("/fail")
+    async def fail() -> None:
+        raise RuntimeError("unhandled")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        failed = client.post("/fail", headers={"X-Request-ID": "trace-500"}, content=b"x" * 10)
+        after = client.post("/fail")
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert failed.json()["code"] == "internal_error"
+    assert failed.headers["x-request-id"] == "trace-500" == failed.json()["request_id"]
+    # The body may be half read when the app fails: the client must not reuse the connection.
+    assert failed.headers["connection"] == "close"
+    assert after.status_code == 500
+    assert after.headers["x-request-id"] != "trace-500"
+    logged = [line for line in _lines(log_stream) if line["msg"].startswith("unhandled error")]
+    assert [line["request_id"] for line in logged] == ["trace-500", after.headers["x-request-id"]]
+    assert "RuntimeError: unhandled" in logged[0]["exc"]
 
 
 def test_streamed_upload_is_passed_through_chunk_by_chunk() -> None:

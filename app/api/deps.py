@@ -38,9 +38,13 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Caller:
-    """The caller (tenant and key) of this request: 401 without a valid key, 429 over its rate limit."""
-    token = bearer.credentials if bearer is not None else api_key
-    return await state.gate.caller(token, request_id(request))
+    """The caller (tenant and key) of this request: 401 without a valid key, 429 over its rate limit.
+    (``bearer`` and ``api_key`` declare the schemes in the OpenAPI document; the gate reads the raw
+    headers, every value of them.)"""
+    headers = request.headers
+    return await state.gate.caller(
+        headers.getlist("authorization"), headers.getlist("x-api-key"), request_id(request)
+    )
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

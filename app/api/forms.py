@@ -187,7 +187,9 @@ class IdentifyForm(Form):
     top_k: Annotated[int, BeforeValidator(_integer_text)] = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
     threshold: Threshold = None
     candidates: Annotated[list[SpeakerId] | None, BeforeValidator(_split_ids)] = Field(
-        None, description="Restrict the search to these speaker ids (repeat the field or comma-separate)."
+        None,
+        min_length=1,  # a value with separators only would search nobody, silently
+        description="Restrict the search to these speaker ids (repeat the field or comma-separate).",
     )
 
 

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import VoxGateError
 from app.store.keys import invalid_speaker_id
@@ -131,19 +132,47 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(
-        request,
-        status=500,
-        code="internal_error",
-        title="Internal error",
-        detail="an unexpected error occurred; it has been logged",
-    )
+class UnexpectedErrorMiddleware:
+    """The last resort: an exception nothing else handled becomes a 500 problem+json, answered here,
+    inside the request middleware, so the answer carries the X-Request-ID and the traceback is logged
+    under the request's id (Starlette's own handler runs outside every middleware). The answer says
+    ``Connection: close``: the request body may be half read, so the connection cannot be reused."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if started:
+                raise  # nothing left to answer with; the server closes the connection
+            request = Request(scope)
+            log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            response = problem_response(
+                request,
+                status=500,
+                code="internal_error",
+                title="Internal error",
+                detail="an unexpected error occurred; it has been logged",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Problem+json for every error; call before adding the request middleware (it must be outside)."""
     app.add_exception_handler(VoxGateError, _voxgate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(UnexpectedErrorMiddleware)

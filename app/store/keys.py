@@ -103,8 +103,14 @@ class KeySchema:
 
     @property
     def audit(self) -> str:
-        """Stream: the tenant's audit trail (capped)."""
+        """Stream: the tenant's audit trail of enrollments and deletions (capped)."""
         return f"{self.tenant_prefix}:audit"
+
+    @property
+    def audit_refusals(self) -> str:
+        """Stream: the rate-limit refusals of the tenant's keys, capped apart from the trail so that a
+        flood of refused requests cannot push enrollments and deletions out of it."""
+        return f"{self.tenant_prefix}:audit:refused"
 
     @property
     def tenants(self) -> str:
