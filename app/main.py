@@ -20,6 +20,7 @@ from app.api.problems import install_problem_handlers
 from app.api.routes import docs, enroll, health, identify, speakers, verify
 from app.api.state import STATE_KEY
 from app.engine.engine import EmbeddingEngine
+from app.memory import startup_heap_frozen
 from app.observability import RequestContextMiddleware
 from app.services import open_state
 from app.settings import Settings
@@ -105,7 +106,8 @@ def create_app(
             await eng.start()
         try:
             async with open_state(settings, eng, forms, registry) as state:
-                yield {STATE_KEY: state}
+                with startup_heap_frozen():
+                    yield {STATE_KEY: state}
         finally:
             # Uvicorn has stopped accepting and drained requests by now: the state is torn down in
             # reverse order of building, the engine (which drains its queue) last.

@@ -158,12 +158,12 @@ class Settings(BaseSettings):
         "is read. The default leaves room for the model and its buffers in a 6 GiB container.",
     )
     max_queue_wait_s: float = Field(
-        1.0,
+        0.75,
         gt=0,
         description="A request whose expected wait for inference (the engine's queued audio at its measured "
         "throughput) exceeds this is refused at once with 429 and Retry-After. Bounds the latency of the "
-        "requests that are served under overload: at twice the sustainable rate on 2 cores, 200s took "
-        "about twice this at p99.",
+        "requests that are served under overload (about this plus one batch's inference: at twice the "
+        "sustainable rate on 2 cores, 1.5 s at p99 with 0.75, 2.1 s with 1.0, for the same throughput).",
     )
     decode_workers: int = Field(
         0, ge=0, description="Threads decoding uploads (and measuring their speech); 0 = number of cores."
