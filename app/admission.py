@@ -80,13 +80,19 @@ class HeapTrimmer:
     def __init__(self, budget: MemoryBudget, interval_s: float = TRIM_INTERVAL_S) -> None:
         self.budget = budget
         self._pending_peak = 0
+        self._trims_left = 0
         self._periodic = Periodic("heap trim", interval_s, self.step)
 
     async def step(self) -> None:
         self._pending_peak = max(self._pending_peak, self.budget.take_peak())
-        if self._pending_peak >= TRIM_AFTER_BYTES and self.budget.used_bytes == 0:
-            log.debug("trimming the heap after a burst", extra={"peak_bytes": self._pending_peak})
-            self._pending_peak = 0
+        if self._pending_peak >= TRIM_AFTER_BYTES:
+            # Twice, one interval apart: a request gives its reservation back a moment before its last
+            # objects (its response, its frames) are freed, and a trim in that moment finds little
+            # (measured once in six bursts: RSS 506 MB after instead of 160-210 MB).
+            self._pending_peak, self._trims_left = 0, 2
+        if self._trims_left and self.budget.used_bytes == 0:
+            log.debug("trimming the heap after a burst", extra={"trims_left": self._trims_left})
+            self._trims_left -= 1
             await asyncio.to_thread(trim_heap)
 
     def start(self) -> None:

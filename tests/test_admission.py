@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.admission import Admission, MemoryBudget
+from app import admission as admission_module
+from app.admission import Admission, HeapTrimmer, MemoryBudget
 from app.api import intake as intake_module
 from app.api.intake import AudioIntake
 from app.api.multipart import UploadedFile
@@ -332,3 +333,28 @@ def test_audio_on_its_way_counts_for_the_next_requests() -> None:
         second.refuse_unless_in_time(hundred_seconds, 0.5, 0.0, time.monotonic() + 3)
     first.release()
     admission.admit(None, time.monotonic() + 30).release()  # nothing on its way any more
+
+
+def test_the_heap_is_trimmed_twice_once_a_burst_has_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(admission_module, "trim_heap", lambda: trims.append(1) or True)
+    budget = MemoryBudget(1024 * MB)
+    trimmer = HeapTrimmer(budget)
+
+    async def steps() -> list[int]:
+        counts = []
+        assert budget.try_take(100 * MB)
+        for held in (True, True, False, False, False, False):
+            if not held and budget.used_bytes:
+                budget.give_back(100 * MB)
+            await trimmer.step()
+            counts.append(len(trims))
+        return counts
+
+    # Not while the burst holds memory; then twice (its last objects are freed just after it lets go);
+    # then not again until the next burst. A small request alone never triggers a trim.
+    assert asyncio.run(steps()) == [0, 0, 1, 2, 2, 2]
+    assert budget.try_take(MB)
+    budget.give_back(MB)
+    asyncio.run(trimmer.step())
+    assert len(trims) == 2
