@@ -26,7 +26,8 @@ the body is sent while the response is read, so an answer given before the uploa
 Server RSS (VmRSS of the process and its children) is sampled every 50 ms in a thread, fds every 0.5 s;
 above ``--rss-cap-gib`` (6 GiB: the pod's memory limit in deploy/base) the server is SIGKILLed, as the
 kernel would OOM-kill the pod, and the row says so. Memory "after" is read once the server is idle
-again (its CPU use under 0.1 core for 1 s, at most ``--settle-max-s``).
+again (its CPU use under 0.1 core for 1 s, at most ``--settle-max-s``) and has had the time to trim its
+heap twice (5 s; not in ``--quick``).
 
 Usage (smoke size, about a minute):  python -m bench.bench_load --quick
 Full run (about 4 minutes here):     python -m bench.bench_load --json load.json
@@ -76,6 +77,8 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 import soxr
+
+from app.admission import TRIM_INTERVAL_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEECH = REPO_ROOT / "tests" / "data" / "speech"
@@ -140,6 +143,9 @@ class Plan:
     sigterm_drain_s: float = 45.0
     request_timeout_s: float = 30.0  # normal traffic (calibration, slow_clients, sigterm)
     settle_max_s: float = 20.0
+    # Once idle, the server trims its heap within one trim interval, and again one interval later
+    # (app.admission.HeapTrimmer): "RSS after" is read after both.
+    rss_after_wait_s: float = 2 * TRIM_INTERVAL_S + 1.0
 
 
 FULL = Plan()
@@ -173,6 +179,7 @@ QUICK = Plan(
     sigterm_drain_s=15.0,
     request_timeout_s=15.0,
     settle_max_s=3.0,
+    rss_after_wait_s=0.0,
 )
 
 
@@ -981,7 +988,7 @@ class Bench:
         self.server.mark_log()
 
     async def settle(self, row: Row) -> None:
-        """Wait for the server to go idle (CPU < 0.1 core for 1 s), then read its RSS."""
+        """Wait for the server to go idle (CPU < 0.1 core for 1 s) and trim its heap, then read its RSS."""
         if not self.server.alive() or self.sampler.killed is not None:
             row.killed_at_cap = self.sampler.killed is not None
             row.rss_peak = self.sampler.peak_rss
@@ -1002,6 +1009,9 @@ class Bench:
             if quiet >= 2:
                 settled_in = now - t0 - 1.0
                 break
+        if settled_in is not None and self.plan.rss_after_wait_s:
+            await asyncio.sleep(self.plan.rss_after_wait_s)
+            self.sampler.sample(fds=False)
         row.rss_peak = self.sampler.peak_rss
         row.rss_after = self.sampler.rss
         row.extra["settle_s"] = settled_in
