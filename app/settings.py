@@ -163,7 +163,8 @@ class Settings(BaseSettings):
         description="A request whose expected wait for inference (the engine's queued audio at its measured "
         "throughput) exceeds this is refused at once with 429 and Retry-After. Bounds the latency of the "
         "requests that are served under overload (about this plus one batch's inference: at twice the "
-        "sustainable rate on 2 cores, 1.5 s at p99 with 0.75, 2.1 s with 1.0, for the same throughput).",
+        "sustainable rate on 2 cores, 1.4-1.6 s at p99 with 0.75, 2.0-2.2 s with 1.0, for the same "
+        "throughput).",
     )
     decode_workers: int = Field(
         0, ge=0, description="Threads decoding uploads (and measuring their speech); 0 = number of cores."
