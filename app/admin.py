@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -69,13 +71,17 @@ def _since(text: str | None) -> float | None:
     if text is None:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return time.time() - float(text[:-1]) * units[text[-1]]
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise AdminError(f"--since {text!r}: give an ISO date/time or a duration like 12h or 7d") from exc
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+    unusable = AdminError(f"--since {text!r}: give an ISO date/time or a duration like 12h or 7d")
+    if text[-1:] in units and re.fullmatch(r"[0-9]+(\.[0-9]*)?", text[:-1]):
+        since = time.time() - float(text[:-1]) * units[text[-1]]
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise unusable from exc
+        since = (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+    # Stream ids count milliseconds from 1970: anything earlier means "from the start".
+    return max(since, 0.0) if math.isfinite(since) else 0.0
 
 
 # --- keys ----------------------------------------------------------------------------------------------
@@ -101,12 +107,12 @@ async def _keys(args: argparse.Namespace, client: aioredis.Redis, settings: Sett
         if args.json:
             print(json.dumps([k.as_dict() for k in listed]))
             return 0
-        print(f"{'key id':<14}{'tenant':<20}{'name':<20}{'rate/s':>8}{'burst':>7}  {'created':<26}revoked")
+        print(f"{'key id':<14}{'tenant':<20}{'name':<20}{'rate/s':>9}{'burst':>9}  {'created':<26}revoked")
         for k in listed:
             rate = "default" if k.rate is None else f"{k.rate:g}"
             burst = "default" if k.burst is None else str(k.burst)
             print(
-                f"{k.key_id:<14}{k.tenant:<20}{k.name[:19]:<20}{rate:>8}{burst:>7}  "
+                f"{k.key_id:<14}{k.tenant:<20}{k.name[:19]:<20}{rate:>9}{burst:>9}  "
                 f"{_when(k.created_at):<26}{_when(k.revoked_at)}"
             )
         return 0
@@ -119,6 +125,8 @@ async def _keys(args: argparse.Namespace, client: aioredis.Redis, settings: Sett
 
 # --- audit ---------------------------------------------------------------------------------------------
 async def _audit(args: argparse.Namespace, client: aioredis.Redis, settings: Settings) -> int:
+    if args.limit < 1:
+        raise AdminError(f"--limit must be at least 1 event, not {args.limit}")
     events = await AuditLog(client, settings.redis_namespace, 1).read(
         args.tenant, _since(args.since), args.limit
     )
@@ -146,6 +154,8 @@ async def _tenants(args: argparse.Namespace, client: aioredis.Redis, settings: S
     schema = KeySchema(ns, tenant, "-")
     # The data keys first: from here on nothing of the tenant can be decrypted (crypto-erasure), on
     # every replica within a few seconds (app.store.vault.DATA_KEY_CACHE_S).
+    if not await ApiKeys(client, ns).list(tenant) and not await _any_key(client, f"{schema.tenant_prefix}:*"):
+        raise AdminError(f"no tenant {tenant!r} (no API keys, nothing stored): nothing erased")
     erased_keys = int(await client.delete(schema.data_keys))
     revoked = 0
     for key in await ApiKeys(client, ns).list(tenant):
@@ -167,6 +177,12 @@ async def _tenants(args: argparse.Namespace, client: aioredis.Redis, settings: S
         f"removed, {revoked} API keys revoked"
     )
     return 0
+
+
+async def _any_key(client: aioredis.Redis, pattern: str) -> bool:
+    async for _ in client.scan_iter(match=pattern, count=1000):
+        return True
+    return False
 
 
 # --- re-encryption -------------------------------------------------------------------------------------

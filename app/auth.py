@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -25,7 +26,7 @@ from redis.typing import EncodableT, FieldT
 
 from app.audit import AuditEvent, AuditLog
 from app.errors import InvalidApiKey, MissingApiKey, RateLimited, RevokedApiKey, VoxGateError
-from app.ratelimit import RateLimiter
+from app.ratelimit import RateLimiter, check_limits
 from app.store.keys import UNAUTHENTICATED_TENANT, api_key_key, api_keys_index, validate_tenant
 from app.store.redis_store import redis_errors
 
@@ -33,6 +34,11 @@ KEY_PREFIX = "vgk"
 _KEY_RE = re.compile(rf"{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
 # Compared against when the key id is unknown, so an unknown and a wrong key take the same time.
 _NO_SUCH_HASH = hashlib.sha256(b"voxgate: no such key").hexdigest()
+# A label for lists and logs: printable, so that it cannot break a table or write to a terminal.
+MAX_KEY_NAME = 100
+_KEY_NAME_RE = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{0,{MAX_KEY_NAME}}}")
+
+log = logging.getLogger(__name__)
 
 
 def _hash(secret: str) -> str:
@@ -70,14 +76,22 @@ class ApiKey:
 
 
 def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey:
-    rate, burst, revoked = raw.get(b"rate"), raw.get(b"burst"), raw.get(b"revoked_at")
+    rate_text, burst_text, revoked = raw.get(b"rate"), raw.get(b"burst"), raw.get(b"revoked_at")
+    rate = float(rate_text) if rate_text else None
+    burst = int(burst_text) if burst_text else None
+    try:
+        check_limits(rate, burst)
+    except ValueError as exc:
+        # Written before the limits were checked (a NaN rate), or by hand: the service defaults apply.
+        log.warning("API key %s has unusable limits (%s); using the defaults", key_id, exc)
+        rate = burst = None
     return ApiKey(
         key_id=key_id,
         tenant=_text(raw[b"tenant"]),
         name=_text(raw.get(b"name", b"")),
         created_at=float(raw.get(b"created_at", b"0")),
-        rate=float(rate) if rate else None,
-        burst=int(burst) if burst else None,
+        rate=rate,
+        burst=burst,
         revoked_at=float(revoked) if revoked else None,
     )
 
@@ -92,10 +106,11 @@ class ApiKeys:
     ) -> tuple[ApiKey, str]:
         """A new key for ``tenant``: its record and the full key text (shown once, never stored)."""
         validate_tenant(tenant)
-        if rate is not None and rate < 0:
-            raise ValueError("rate must be >= 0 requests per second (0 = no limit)")
-        if burst is not None and burst < 1:
-            raise ValueError("burst must be >= 1 request")
+        check_limits(rate, burst)
+        if not _KEY_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"a key name is at most {MAX_KEY_NAME} printable characters (no control characters)"
+            )
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         record = ApiKey(key_id, tenant, name, time.time(), rate, burst)
         fields: dict[FieldT, EncodableT] = {

@@ -50,7 +50,7 @@ import resource
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any, ClassVar, Final, Protocol
@@ -214,6 +214,14 @@ class _InvalidRequestWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg != _INVALID_REQUEST_MSG
+
+
+def _framing_is_ambiguous(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Both Content-Length and Transfer-Encoding: h11 reads the body by Transfer-Encoding, as RFC 9112
+    §6.1 allows, but a proxy in front may have read it by Content-Length, so the connection must close
+    after the answer: bytes after the chunked body would otherwise run as a request no proxy saw."""
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 class ConnectionGuard:
@@ -511,7 +519,7 @@ class GuardedH11Protocol(H11Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
-        if self.guard.draining:
+        if self.guard.draining or _framing_is_ambiguous(self.cycle.scope["headers"]):
             self.close_after_response()
         if self.conn.their_state is h11.SEND_BODY and self._body_timer is None:
             self._restart_rate()
@@ -669,9 +677,9 @@ class GuardedH11Protocol(H11Protocol):
     # --- shutdown ---
 
     def close_after_response(self) -> None:
-        """Draining: a request whose response has not started is answered with Connection: close, and
-        the connection closes after it. (A response already under way ends as it began; the connection
-        then gets the idle grace.)"""
+        """A request whose response has not started is answered with Connection: close, and the
+        connection closes after it (draining; ambiguous framing). (A response already under way ends as
+        it began; when draining, the connection then gets the idle grace.)"""
         cycle = self.cycle
         if not self._busy or cycle is None or cycle.response_complete or cycle.response_started:
             return

@@ -9,6 +9,7 @@ unreachable the limiter cannot decide: 503 ``store_unavailable``, as every other
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,7 +18,24 @@ from app.errors import RateLimited
 from app.store.keys import rate_bucket_key
 from app.store.redis_store import redis_errors
 
-# KEYS: bucket. ARGV: rate (tokens/s), burst. Returns {allowed, seconds until a token is there}.
+# The limits a key (or the service default) may have. Below MIN_RATE a bucket would take days to refill
+# (and its expiry overflows); NaN and infinities are no rate at all. 0 means no limit.
+MIN_RATE = 0.001
+MAX_RATE = 1_000_000.0
+MAX_BURST = 1_000_000
+
+
+def check_limits(rate: float | None, burst: int | None) -> None:
+    """Raise ``ValueError`` (one line) unless ``rate`` and ``burst`` are limits a bucket can have."""
+    if rate is not None and not (rate == 0 or (math.isfinite(rate) and MIN_RATE <= rate <= MAX_RATE)):
+        raise ValueError(
+            f"rate must be 0 (no limit) or {MIN_RATE:g}-{MAX_RATE:g} requests per second, not {rate!r}"
+        )
+    if burst is not None and not 1 <= burst <= MAX_BURST:
+        raise ValueError(f"burst must be 1-{MAX_BURST} requests, not {burst!r}")
+
+
+# KEYS: bucket. ARGV: rate (tokens/s), burst, expiry (ms). Returns {allowed, seconds until a token}.
 _TAKE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -36,7 +54,7 @@ else
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return {allowed, tostring(wait)}
 """
 
@@ -57,8 +75,12 @@ class RateLimiter:
         burst = self.default_burst if burst is None else burst
         if rate <= 0:
             return  # no limit for this key
+        # Idle for as long as a full refill takes, the bucket is full again: it can go.
+        expiry_ms = math.ceil(burst / rate * 1000) + 1000
         async with redis_errors():
-            reply: Any = await self._take(keys=[rate_bucket_key(self.namespace, key_id)], args=[rate, burst])
+            reply: Any = await self._take(
+                keys=[rate_bucket_key(self.namespace, key_id)], args=[rate, burst, expiry_ms]
+            )
         allowed, wait = int(reply[0]), float(reply[1])
         if not allowed:
             raise RateLimited(

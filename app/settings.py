@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.paths import DEFAULT_MODEL_DIR
+from app.ratelimit import check_limits
 from app.store.keys import TENANT_PATTERN
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
@@ -273,6 +274,20 @@ class Settings(BaseSettings):
     # --- logging ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="Structured JSON logs (false = plain text).")
+
+    # The rule for every key's limits (app.ratelimit), the defaults included: NaN, infinities and rates
+    # too small for a bucket are refused.
+    @field_validator("rate_limit_rps")
+    @classmethod
+    def _bucket_rate(cls, value: float) -> float:
+        check_limits(value, None)
+        return value
+
+    @field_validator("rate_limit_burst")
+    @classmethod
+    def _bucket_burst(cls, value: int) -> int:
+        check_limits(None, value)
+        return value
 
     @field_validator("cudnn_conv_algo_search", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from app.audit import AuditLog
 from app.auth import ApiKeys
 from app.main import create_app
 from app.settings import Settings
+from app.store.keys import api_key_key
 from app.store.redis_store import redis_client
 from tests.support import (
     LiveService,
@@ -392,6 +394,60 @@ def test_rate_limit_is_shared_by_replicas(replicas: tuple[LiveService, LiveServi
     log = run_voxgate("audit", "--tenant", "acme", "--json", env=env)
     events = [json.loads(line) for line in log.stdout.splitlines()]
     assert any(e["action"] == "rate_limit" and e["outcome"] == "rate_limited" for e in events)
+
+
+def test_unusable_limits_and_names_are_refused_in_one_line(
+    replicas: tuple[LiveService, LiveService, dict[str, str]],
+) -> None:
+    one, _, env = replicas
+    for option, value in [
+        ("--rate", "nan"),
+        ("--rate", "inf"),
+        ("--rate", "1e-320"),
+        ("--rate", "-1"),
+        ("--burst", "0"),
+        ("--burst", "10000000"),
+        ("--name", "x\ny\x1b[31m"),
+        ("--name", "n" * 101),
+    ]:
+        refused = run_voxgate("keys", "create", "--tenant", "acme", option, value, env=env)
+        assert refused.returncode != 0, (option, value)
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "Traceback" not in refused.stderr
+    listed = run_voxgate("keys", "list", env=env).stdout
+    assert not re.search(r"\b(nan|inf)\b|defaultdefault|\x1b", listed), listed
+
+
+def test_a_stored_key_with_unusable_limits_gets_the_defaults_not_a_500(
+    redis_server: RedisProcess, tiny_model: Path
+) -> None:
+    # A record written before the limits were checked (or by hand) must not turn every request into a
+    # 500 from the rate-limit script.
+    settings = settings_for(
+        redis_server.url, tiny_model, auth="required", redis_namespace=f"nanrate-{os.getpid()}"
+    )
+    key_id, key = new_key(settings, "acme")
+    redis.Redis.from_url(settings.redis_url or "").hset(
+        api_key_key(settings.redis_namespace, key_id), mapping={"rate": "nan", "burst": "-3"}
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        assert [c.get("/speakers", headers=bearer(key)).status_code for _ in range(3)] == [200] * 3
+
+
+def test_audit_and_erase_refuse_odd_input_in_one_line(
+    replicas: tuple[LiveService, LiveService, dict[str, str]],
+) -> None:
+    _, _, env = replicas
+    for since in ("0001-01-01", "99999999999999d", "\u00b2h", "1e309d"):
+        listed = run_voxgate("audit", "--tenant", "acme", "--since", since, env=env)
+        assert "Traceback" not in listed.stderr, since
+        assert listed.returncode in (0, 1), since  # before 1970 means "from the start"
+    limited = run_voxgate("audit", "--tenant", "acme", "--limit", "-1", env=env)
+    assert limited.returncode == 1
+    assert limited.stderr.strip().splitlines() == ["voxgate audit: --limit must be at least 1 event, not -1"]
+    typo = run_voxgate("tenants", "erase", "no-such-tenant", "--yes", env=env)
+    assert typo.returncode == 1
+    assert "nothing erased" in typo.stderr
 
 
 # --- Redis blips ------------------------------------------------------------------------------------------

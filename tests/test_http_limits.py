@@ -570,3 +570,23 @@ def test_an_early_answer_does_not_reset_the_upload_it_answers(limited: Serve) ->
     assert status == 413
     assert _problem_code(body) == "audio_too_large"
     assert headers.get("connection") == "close"
+
+
+def test_a_request_with_both_content_length_and_transfer_encoding_closes_the_connection(
+    limited: Serve,
+) -> None:
+    """RFC 9112 §6.1: the body is read by Transfer-Encoding, and the connection closes after the answer.
+    A proxy that framed the body by Content-Length would otherwise have passed the bytes after the
+    chunked body through as its own body, and here they would run as a second, unseen request."""
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    with limited.connect() as sock:
+        sock.sendall(
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        status, headers, _ = _read_one_response(sock)
+        assert status == 405  # the first request, answered
+        assert headers.get("connection") == "close"
+        sock.settimeout(5)
+        assert sock.recv(65536) == b"", "the smuggled request must not be answered"
