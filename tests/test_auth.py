@@ -399,7 +399,7 @@ def test_rate_limit_is_shared_by_replicas(replicas: tuple[LiveService, LiveServi
 def test_unusable_limits_and_names_are_refused_in_one_line(
     replicas: tuple[LiveService, LiveService, dict[str, str]],
 ) -> None:
-    one, _, env = replicas
+    _, _, env = replicas
     for option, value in [
         ("--rate", "nan"),
         ("--rate", "inf"),
