@@ -36,6 +36,7 @@ from app.errors import (
 from app.manifest import ModelManifest
 from app.scoring import Cohort, LlrCalibration, Score, Scorer, ScoreType, check_calibration_current
 from app.settings import Settings
+from app.store.index import Hit, VoiceprintIndex
 from app.store.redis_store import Voiceprint
 from app.store.tenants import TenantIndexes
 from app.vad import Region, speech_only
@@ -402,7 +403,7 @@ class SpeakerOperations:
             raise StoreUnavailable(f"voiceprint index is not in sync with Redis: {self.tenants.last_error}")
         self._require_speech([probe])
         (embedding,) = await self._embed([probe], waiting)
-        hits = await asyncio.to_thread(index.search, embedding, top_k, candidates)
+        hits = await self._live_hits(tenant, index, embedding, top_k, candidates)
         warnings: list[Notice] = []
         searched = len(index)
         if candidates is not None:
@@ -429,6 +430,25 @@ class SpeakerOperations:
             score_type=self.policy.scorer.score_type,
             llr=best[1].llr if best else None,
         )
+
+    async def _live_hits(
+        self,
+        tenant: str,
+        index: VoiceprintIndex,
+        embedding: Float32Array,
+        top_k: int,
+        candidates: Sequence[str] | None,
+    ) -> list[Hit]:
+        """The index's best ``top_k`` hits among the voiceprints that have not expired: an expired one
+        keeps its index row until the sweeper deletes it, but is gone for identification at once."""
+        store, wanted = self.tenants.store(tenant), top_k
+        while True:
+            hits = await asyncio.to_thread(index.search, embedding, wanted, candidates)
+            expired = await store.expired([hit.speaker_id for hit in hits])
+            live = [hit for hit in hits if hit.speaker_id not in expired]
+            if len(live) >= top_k or len(hits) < wanted:  # enough, or nobody else to find
+                return live[:top_k]
+            wanted += len(expired)
 
     async def _score_hits(
         self, tenant: str, embedding: Float32Array, hits: Sequence[Any]

@@ -269,6 +269,19 @@ def test_voiceprints_expire_unless_enrolled_into_or_verified(
         time.sleep(1.2)
         assert client.get("/speakers/dropped").status_code == 404  # expired: gone at once for reads
         assert client.get("/speakers/kept").status_code == 200
+        # ... and for identification and the list, though its index row waits for the sweeper
+        found = client.post("/identify", data={"threshold": "-1"}, files=[wav(SPEECH["vctk_p226"][1])]).json()
+        assert [c["speaker_id"] for c in found["candidates"]] == ["kept"]
+        only = client.post(
+            "/identify",
+            data={"candidates": "dropped", "threshold": "-1"},
+            files=[wav(SPEECH["vctk_p226"][1])],
+        ).json()
+        assert only["candidates"] == []
+        assert only["speaker_id"] is None
+        page = client.get("/speakers").json()
+        assert [s["speaker_id"] for s in page["items"]] == ["kept"]
+        assert page["total"] == 1
 
         async def sweep() -> int:
             client_ = redis_client(redis_server.url)

@@ -445,8 +445,23 @@ class RedisVoiceprintStore:
             return sorted(_text(m) for m in await self.client.smembers(self.keys.models))
 
     async def count(self) -> int:
+        """Speakers under this model, without those that expired and are not swept yet."""
         async with redis_errors():
-            return int(await self.client.zcard(self.keys.speakers))
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zcard(self.keys.speakers)
+            pipe.zcount(self.keys.expiry, "-inf", time.time())
+            total, expired = await pipe.execute()
+        return max(0, int(total) - int(expired))
+
+    async def expired(self, speaker_ids: list[str]) -> set[str]:
+        """Those of ``speaker_ids`` whose voiceprint expired (retention) and is not swept yet: reads
+        treat them as gone at once, the sweeper deletes them (and their index rows) a little later."""
+        if self.retention_s is None or not speaker_ids:
+            return set()
+        async with redis_errors():
+            scores: Any = await self.client.zmscore(self.keys.expiry, speaker_ids)
+        now = time.time()
+        return {sid for sid, at in zip(speaker_ids, scores, strict=True) if at is not None and at <= now}
 
     async def list_ids(self, after: str | None, limit: int) -> list[str]:
         """Speaker ids in id order, strictly after ``after`` (a lexicographic cursor, stable under writes)."""
