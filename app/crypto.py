@@ -114,6 +114,10 @@ class DataKeys:
         self._keys = dict(keys)
         self.current = max(keys)
 
+    def get(self, version: int) -> bytes | None:
+        """The data key of ``version``, when this set has it."""
+        return self._keys.get(version)
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return _HEADER.pack(SEALED_MAGIC, self.current) + _seal(self._keys[self.current], plaintext, aad)
 

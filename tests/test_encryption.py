@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from app.crypto import SEALED_MAGIC, CryptoError, KeyEncryptionKey, new_key_text, parse_key
 from app.main import create_app
 from app.settings import Settings
+from app.store import vault as vault_module
 from app.store.redis_store import redis_client
 from app.store.retention import RetentionSweeper
 from app.store.vault import VaultError
@@ -227,6 +228,36 @@ def test_encryption_turned_on_later_then_rotated_with_reencrypt(
     )
     with pytest.raises(VaultError), TestClient(create_app(old)):
         pass
+
+
+def test_a_replica_still_on_the_old_key_keeps_serving_after_a_rotation(
+    redis_server: RedisProcess, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Until it is restarted with the new key: the rotation re-wraps the tenant's data key, which stays
+    # the same key, and this replica opened it before. (Every read re-reads the wrapped keys here.)
+    monkeypatch.setattr(vault_module, "DATA_KEY_CACHE_S", 0.0)
+    first, second = new_key_text(), new_key_text()
+    settings = settings_for(redis_server.url, tiny_model, voiceprint_key=first, tenant="rotating")
+    env = {"REDIS_URL": redis_server.url, "VOXGATE_REDIS_NAMESPACE": settings.redis_namespace}
+    with TestClient(create_app(settings)) as client:
+        client.post("/enroll", data={"speaker_id": "r1"}, files=[wav(SPEECH["vctk_p225"][0])])
+        rotated = run_voxgate(
+            "reencrypt", env={**env, "VOXGATE_VOICEPRINT_KEY": second, "VOXGATE_OLD_VOICEPRINT_KEY": first}
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        assert client.get("/speakers/r1").status_code == 200
+        verified = client.post("/verify", data={"speaker_id": "r1"}, files=[wav(SPEECH["vctk_p225"][0])])
+        assert verified.status_code == 200
+        assert verified.json()["score"] > 0.99
+        enrolled = client.post("/enroll", data={"speaker_id": "r2"}, files=[wav(SPEECH["vctk_p226"][0])])
+        assert enrolled.status_code == 200
+    restarted = settings.model_copy(
+        update={
+            "voiceprint_key": settings_for(redis_server.url, tiny_model, voiceprint_key=second).voiceprint_key
+        }
+    )
+    with TestClient(create_app(restarted)) as client:  # and the new key reads what it wrote
+        assert client.get("/speakers/r2").status_code == 200
 
 
 def test_erasing_a_tenant_deletes_its_data_keys_and_everything_else(

@@ -2,12 +2,14 @@
 
 See ``app.crypto`` for the scheme. The vault is shared by every tenant view of the store; it caches
 opened data keys briefly, so a crypto-erased tenant (its data keys deleted) stops decrypting on every
-replica within ``DATA_KEY_CACHE_S``.
+replica within ``DATA_KEY_CACHE_S``. A data key that a KEK rotation re-wrapped under another KEK is the
+same key: a replica that opened it before keeps using it until it restarts with the new KEK.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -23,6 +25,8 @@ from app.crypto import (
 )
 from app.errors import StoreUnavailable
 from app.store.keys import KeySchema, crypto_check_key
+
+log = logging.getLogger(__name__)
 
 DATA_KEY_CACHE_S = 5.0
 
@@ -89,11 +93,14 @@ class Vault:
                 wrapped = self.kek.wrap(new_data_key(), data_key_aad(self.namespace, tenant, 1))
                 await self.client.hsetnx(keys.data_keys, "1", wrapped)
                 raw = await self.client.hgetall(keys.data_keys)
-            opened = self._open(tenant, raw) if raw else None
+            known = cached[1] if cached is not None else None
+            opened = self._open(tenant, raw, known) if raw else None
             self._cache[tenant] = (time.monotonic(), opened)
             return opened
 
-    def _open(self, tenant: str, raw: dict[bytes, bytes]) -> DataKeys:
+    def _open(self, tenant: str, raw: dict[bytes, bytes], known: DataKeys | None) -> DataKeys:
+        """Unwrap the tenant's data keys; one that this KEK no longer opens but this replica opened
+        before was re-wrapped by a KEK rotation (``voxgate reencrypt``): the key itself is unchanged."""
         assert self.kek is not None
         keys: dict[int, bytes] = {}
         for field, blob in raw.items():
@@ -101,8 +108,21 @@ class Vault:
             try:
                 keys[version] = self.kek.unwrap(blob, data_key_aad(self.namespace, tenant, version))
             except CryptoError as exc:
+                before = known.get(version) if known is not None else None
+                if before is not None:
+                    keys[version] = before
+                    continue
+                log.error(
+                    "data key %d of tenant %r does not open with this replica's VOXGATE_VOICEPRINT_KEY "
+                    "(fingerprint %s): %s; was the key rotated? restart this replica with the new key",
+                    version,
+                    tenant,
+                    self.kek.fingerprint,
+                    exc,
+                )
                 raise StoreUnavailable(
-                    f"data key {version} of tenant {tenant!r} does not open with this replica's key: {exc}"
+                    "this replica cannot open these voiceprints now (its encryption key is not current); "
+                    "retry, another replica may"
                 ) from exc
         return DataKeys(keys)
 
