@@ -160,12 +160,33 @@ class TextFormatter(logging.Formatter):
 
 _UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
+# Start-up refusals that are the operator's to fix, not bugs: uvicorn logs the traceback Starlette
+# formatted for them, of which only the last line (the exception and its message) says anything.
+STARTUP_REFUSALS: Final = (
+    "app.store.vault.VaultError",
+    "app.selfcheck.SelfCheckFailed",
+    "app.errors.StoreUnavailable",
+)
+
+
+class StartupRefusalFilter(logging.Filter):
+    """uvicorn's record of a start-up refusal, cut to its last line (no traceback for a wrong key)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error" and record.levelno >= logging.ERROR:
+            text = record.getMessage()
+            last = text.rstrip().rsplit("\n", 1)[-1]
+            if text.startswith("Traceback") and last.startswith(STARTUP_REFUSALS):
+                record.msg, record.args = f"start-up refused: {last.split(': ', 1)[-1]}", ()
+        return True
+
 
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> logging.Handler:
     """Send every log record (ours and uvicorn's) through one handler; idempotent. Returns that handler."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(StartupRefusalFilter())
     handler._voxgate = True  # type: ignore[attr-defined]  # marks the handler a later call replaces
 
     root = logging.getLogger()

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.crypto import parse_key
 from app.paths import DEFAULT_MODEL_DIR
 from app.ratelimit import check_limits
 from app.store.keys import TENANT_PATTERN
@@ -287,6 +288,14 @@ class Settings(BaseSettings):
     @classmethod
     def _bucket_burst(cls, value: int) -> int:
         check_limits(None, value)
+        return value
+
+    @field_validator("voiceprint_key")
+    @classmethod
+    def _a_usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # A malformed key is an invalid setting like any other, refused before the model loads.
+        if value is not None:
+            parse_key(value.get_secret_value())  # CryptoError is a ValueError: one line, key not shown
         return value
 
     @field_validator("cudnn_conv_algo_search", mode="before")

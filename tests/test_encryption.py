@@ -350,3 +350,16 @@ def test_kek_fingerprint_names_the_key_without_revealing_it() -> None:
     assert kek.fingerprint not in text
     assert KeyEncryptionKey.from_text(text).fingerprint == kek.fingerprint
     assert KeyEncryptionKey.from_text(new_key_text()).fingerprint != kek.fingerprint
+
+
+def test_a_malformed_voiceprint_key_is_an_invalid_setting_not_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.config_errors import InvalidSettings, load_settings
+
+    for bad in ("zz", "ab" * 31, "not base64 at all!"):
+        monkeypatch.setenv("VOXGATE_VOICEPRINT_KEY", bad)
+        with pytest.raises(InvalidSettings) as refused:
+            load_settings()
+        assert "VOXGATE_VOICEPRINT_KEY" in str(refused.value)
+        assert bad not in str(refused.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ from app.api.problems import install_problem_handlers
 from app.config_errors import InvalidSettings, format_validation_error, load_settings
 from app.observability import (
     OTHER_METHOD,
+    STARTUP_REFUSALS,
     UNMATCHED_ROUTE,
     RequestContextMiddleware,
     accept_request_id,
@@ -373,3 +375,29 @@ def test_voxgate_serve_with_bad_port_exits_with_a_message_not_a_traceback() -> N
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "VOXGATE_PORT=not-a-port: Input should be a valid integer" in result.stderr
+
+
+def test_a_start_up_refusal_is_logged_as_one_line_and_a_bug_keeps_its_traceback(
+    log_stream: io.StringIO,
+) -> None:
+    # uvicorn logs the traceback Starlette formatted for a failed lifespan start-up as its message.
+    def failed_start_up(exc: Exception) -> None:
+        try:
+            raise exc
+        except Exception:
+            import traceback
+
+            logging.getLogger("uvicorn.error").error(traceback.format_exc())
+
+    from app.store.vault import VaultError
+
+    failed_start_up(VaultError("VOXGATE_VOICEPRINT_KEY (fingerprint ab) is not the key"))
+    failed_start_up(KeyError("a bug"))
+    refusal, bug = _lines(log_stream)
+    assert refusal["msg"] == "start-up refused: VOXGATE_VOICEPRINT_KEY (fingerprint ab) is not the key"
+    assert bug["msg"].startswith("Traceback")
+    assert "KeyError: 'a bug'" in bug["msg"]
+    # Every name the filter knows is a real exception class (a rename must not silently undo this).
+    for path in STARTUP_REFUSALS:
+        module, _, name = path.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), path
