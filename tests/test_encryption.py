@@ -98,6 +98,13 @@ def test_voiceprints_are_sealed_and_bound_to_their_key(redis_server: RedisProces
             ).status_code
             == 404
         )
+        # Enrolling into it starts bob afresh: nothing of what does not open is counted.
+        again = client.post("/enroll", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p226"][1])])
+        assert again.status_code == 200
+        assert (again.json()["created"], again.json()["utterances"]) == (True, 1)
+        assert client.get("/speakers/bob").json()["speech_seconds"] == again.json()["speech_seconds"]
+        v = client.post("/verify", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p226"][1])]).json()
+        assert v["score"] > 0.99
 
 
 def test_concurrent_sealed_enrollments_lose_nothing(redis_server: RedisProcess, tiny_model: Path) -> None:
@@ -335,6 +342,25 @@ def test_voiceprints_expire_unless_enrolled_into_or_verified(
         page = client.get("/speakers").json()
         assert [s["speaker_id"] for s in page["items"]] == ["kept"]
         assert page["total"] == 1
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_enrolling_into_an_expired_voiceprint_starts_it_afresh(
+    redis_server: RedisProcess, tiny_model: Path, sealed: bool
+) -> None:
+    # Gone for reads, not yet swept: nothing of what expired may be added to.
+    key = {"voiceprint_key": new_key_text()} if sealed else {}
+    settings = settings_for(
+        redis_server.url, tiny_model, retention_days=1.0 / 86400, tenant=f"afresh-{sealed}", **key
+    )
+    with TestClient(create_app(settings)) as client:
+        first = client.post("/enroll", data={"speaker_id": "gone"}, files=[wav(SPEECH["vctk_p226"][0])])
+        assert first.json()["utterances"] == 1
+        time.sleep(1.2)
+        anew = client.post("/enroll", data={"speaker_id": "gone"}, files=[wav(SPEECH["vctk_p225"][1])])
+        assert (anew.json()["created"], anew.json()["utterances"]) == (True, 1)
+        v = client.post("/verify", data={"speaker_id": "gone"}, files=[wav(SPEECH["vctk_p225"][1])]).json()
+        assert v["score"] > 0.99  # only the new recording in it
 
 
 def test_no_retention_means_no_expiry(redis_server: RedisProcess, tiny_model: Path) -> None:

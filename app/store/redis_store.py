@@ -49,8 +49,9 @@ _SCAN_BATCH = 2000
 # the speaker set, the version and the change stream, the model and tenant registries, the expiry.
 # KEYS: speaker hash, speakers, version, changes, models, expiry, tenants, epoch.
 # ARGV (from 3 on, shared): count, speech, metadata, now, speaker id, changes maxlen, model key,
-# expires_at ('' = never), tenant, a new epoch id (kept only if the history has none); ARGV[1], ARGV[2]
-# belong to the variant.
+# expires_at ('' = never), tenant, a new epoch id (kept only if the history has none), afresh ('1': the
+# stored voiceprint does not open, so it is replaced, not added to); ARGV[1], ARGV[2] belong to the
+# variant.
 _ENROLL_BOOKKEEPING = """
 local count = redis.call('HINCRBY', KEYS[1], 'count', tonumber(ARGV[3]))
 local speech = redis.call('HINCRBYFLOAT', KEYS[1], 'speech_seconds', ARGV[4])
@@ -73,9 +74,22 @@ redis.call('SET', KEYS[8], ARGV[12], 'NX')
 return {v, count, speech, created}
 """
 
+# A voiceprint that expired (not yet swept) or does not open is gone for reads: an enrollment starts it
+# afresh (count, speech seconds and sum), never adds to what is left of it. The revision goes on
+# counting, so that a concurrent sealed enrollment that read the old one retries. Sets `expired`.
+_ENROLL_AFRESH = """
+local at = redis.call('HGET', KEYS[1], 'expires_at')
+local expired = at and tonumber(at) <= tonumber(ARGV[6])
+if expired or ARGV[13] == '1' then
+  local kept_rev = redis.call('HGET', KEYS[1], 'rev')
+  redis.call('DEL', KEYS[1])
+  if kept_rev then redis.call('HSET', KEYS[1], 'rev', kept_rev) end
+end
+"""
+
 # Plain voiceprints: adds the batch's float32 sum element-wise (Lua doubles, stored back as float32),
 # so concurrent enrollments into one speaker never lose an update. ARGV[1] = sum, ARGV[2] = dim.
-_ENROLL_ADD_LUA = """
+_ENROLL_ADD_LUA = _ENROLL_AFRESH + """
 local dim = tonumber(ARGV[2])
 local add = ARGV[1]
 if #add ~= 4 * dim then return redis.error_reply('ERR embedding size mismatch') end
@@ -107,8 +121,13 @@ _ENROLL_SET_LUA = (
     """
 local rev = redis.call('HGET', KEYS[1], 'rev') or '0'
 if rev ~= ARGV[2] then return {-1} end
+"""
+    + _ENROLL_AFRESH
+    + """
+-- the caller added to a sum it read before it expired: read again
+if expired and ARGV[13] ~= '1' then return {-1} end
 local created = 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('HEXISTS', KEYS[1], 'sum') == 0 then
   created = 1
   redis.call('HSET', KEYS[1], 'created_at', ARGV[6])
 end
@@ -366,6 +385,7 @@ class RedisVoiceprintStore:
             uuid.uuid4().hex,
         ]
         if data_keys is None:
+            shared.append("")
             async with redis_errors():
                 version, total, speech, created, new_sum = await self._enroll_add(
                     keys=keys, args=[vec.tobytes(), self.dim, *shared]
@@ -375,13 +395,17 @@ class RedisVoiceprintStore:
             )
         for _ in range(MAX_ENROLL_ATTEMPTS):
             async with redis_errors():
-                current: Any = await self.client.hmget(k.speaker(speaker_id), ["sum", "rev"])
-                stored, rev = current
-            old = self._open(data_keys, speaker_id, "sum", stored) if stored else None
+                current: Any = await self.client.hmget(k.speaker(speaker_id), ["sum", "rev", "expires_at"])
+                stored, rev, expires = current
+            live = stored is not None and (expires is None or float(expires) > time.time())
+            old = self._open(data_keys, speaker_id, "sum", stored) if live else None
             total_sum = vec if old is None else (self._parse_sum(old) + vec).astype("<f4")
             sealed = data_keys.seal(total_sum.tobytes(), self._aad(speaker_id, "sum"))
+            afresh = "1" if stored is not None and old is None else ""
             async with redis_errors():
-                reply = await self._enroll_set(keys=keys, args=[sealed, _text(rev) if rev else "0", *shared])
+                reply = await self._enroll_set(
+                    keys=keys, args=[sealed, _text(rev) if rev else "0", *shared, afresh]
+                )
             if int(reply[0]) >= 0:
                 version, total, speech, created = reply
                 return EnrollResult(int(version), int(total), float(speech), total_sum, bool(int(created)))
