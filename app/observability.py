@@ -165,6 +165,7 @@ _UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicor
 STARTUP_REFUSALS: Final = (
     "app.store.vault.VaultError",
     "app.selfcheck.SelfCheckFailed",
+    "app.manifest.ManifestError",
     "app.errors.StoreUnavailable",
 )
 

@@ -244,6 +244,7 @@ def test_voxgate_serve_exits_nonzero_with_one_line_naming_the_failure(
     key = load_manifest(tampered_default).model_key()
     pattern = rf"self-check FAILED: model {key} on {CPU} \(fp32\): cosine 0\.\d+ < 0\.9999"
     assert len([line for line in proc.stderr.splitlines() if re.search(pattern, line)]) >= 1, proc.stderr
+    assert "Traceback" not in proc.stderr  # one line says it all
 
 
 # --- a swapped or damaged probe is refused ----------------------------------------------------------------
