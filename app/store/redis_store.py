@@ -89,7 +89,9 @@ end
 
 # Plain voiceprints: adds the batch's float32 sum element-wise (Lua doubles, stored back as float32),
 # so concurrent enrollments into one speaker never lose an update. ARGV[1] = sum, ARGV[2] = dim.
-_ENROLL_ADD_LUA = _ENROLL_AFRESH + """
+_ENROLL_ADD_LUA = (
+    _ENROLL_AFRESH
+    + """
 local dim = tonumber(ARGV[2])
 local add = ARGV[1]
 if #add ~= 4 * dim then return redis.error_reply('ERR embedding size mismatch') end
@@ -110,8 +112,10 @@ else
   redis.call('HSET', KEYS[1], 'created_at', ARGV[6])
 end
 redis.call('HSET', KEYS[1], 'sum', new)
-""" + _ENROLL_BOOKKEEPING.replace(
-    "return {v, count, speech, created}", "return {v, count, speech, created, new}"
+"""
+    + _ENROLL_BOOKKEEPING.replace(
+        "return {v, count, speech, created}", "return {v, count, speech, created, new}"
+    )
 )
 
 # Sealed voiceprints: stores the new sealed sum computed by the caller, only if nobody enrolled into the
