@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -161,6 +162,7 @@ def measure(
             root,
             policy,
             max_seconds=settings.max_audio_seconds,
+            max_bytes=settings.max_upload_bytes,
             progress=progress,
             drop_non_speech=drop_non_speech,
         )
@@ -282,9 +284,18 @@ def write_scores(m: Measurement, path: Path) -> None:
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
+COHORT_FILE = "cohort.npy"
+
+
 def _fail(message: str) -> int:
     print(f"voxgate: {message}", file=sys.stderr)
     return 2
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` (written at the end, after minutes of embedding) cannot be written, checked first."""
+    target = path if path.exists() else path.parent
+    return None if os.access(target, os.W_OK) else f"cannot write {path} (permissions)"
 
 
 # --- voxgate eval --------------------------------------------------------------------------------------
@@ -359,6 +370,8 @@ def run_calibrate(
     as_json: bool,
 ) -> int:
     score_type: ScoreType = "asnorm" if asnorm else "cosine"
+    if (why := _unwritable(model_dir / MANIFEST_FILE)) is not None:
+        return _fail(why)
     try:
         m = measure(trials, root, model_dir, asnorm=asnorm, min_speech=min_speech)
     except (OSError, TrialsError, ManifestError, CohortError, ValueError) as exc:
@@ -463,13 +476,23 @@ def run_cohort_build(*, root: Path, model_dir: Path, top_n: int, min_files: int,
         speakers = cohort_files(root)
     except (OSError, ManifestError) as exc:
         return _fail(str(exc))
+    for written in (model_dir / COHORT_FILE, model_dir / MANIFEST_FILE):
+        if (why := _unwritable(written)) is not None:
+            return _fail(why)
     if len(speakers) < 2:
         return _fail(f"{root}: a cohort needs at least 2 speaker folders with audio, found {len(speakers)}")
     names = [n for files in speakers.values() for n in files]
     policy = _policy(settings, manifest, None)
 
     async def work(engine: EmbeddingEngine) -> Embedded:
-        return await embed_files(engine, names, root, policy, max_seconds=settings.max_audio_seconds)
+        return await embed_files(
+            engine,
+            names,
+            root,
+            policy,
+            max_seconds=settings.max_audio_seconds,
+            max_bytes=settings.max_upload_bytes,
+        )
 
     embedded = asyncio.run(_with_engine(settings, work))
     means = speaker_means(embedded, speakers, min_files)
@@ -477,7 +500,7 @@ def run_cohort_build(*, root: Path, model_dir: Path, top_n: int, min_files: int,
         return _fail("fewer than 2 speakers had usable recordings")
     matrix = np.stack([means[s] for s in sorted(means)]).astype(np.float32)
     info = CohortInfo(
-        file="cohort.npy",
+        file=COHORT_FILE,
         sha256="",
         speakers=matrix.shape[0],
         recordings=sum(1 for r in embedded.files.values() if r.embedding is not None),

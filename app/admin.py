@@ -124,9 +124,11 @@ async def _keys(args: argparse.Namespace, client: aioredis.Redis, settings: Sett
 
 
 # --- audit ---------------------------------------------------------------------------------------------
+MAX_AUDIT_READ = 1_000_000  # events one `voxgate audit` reads (a stream holds VOXGATE_AUDIT_MAX_EVENTS)
+
 async def _audit(args: argparse.Namespace, client: aioredis.Redis, settings: Settings) -> int:
-    if args.limit < 1:
-        raise AdminError(f"--limit must be at least 1 event, not {args.limit}")
+    if not 1 <= args.limit <= MAX_AUDIT_READ:
+        raise AdminError(f"--limit must be 1-{MAX_AUDIT_READ} events, not {args.limit}")
     events = await AuditLog(client, settings.redis_namespace, 1).read(
         args.tenant, _since(args.since), args.limit
     )

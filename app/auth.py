@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,13 @@ from redis.typing import EncodableT, FieldT
 from app.audit import AuditEvent, AuditLog
 from app.errors import InvalidApiKey, MissingApiKey, RateLimited, RevokedApiKey, VoxGateError
 from app.ratelimit import RateLimiter, check_limits
-from app.store.keys import UNAUTHENTICATED_TENANT, api_key_key, api_keys_index, validate_tenant
+from app.store.keys import (
+    TENANT_PATTERN,
+    UNAUTHENTICATED_TENANT,
+    api_key_key,
+    api_keys_index,
+    validate_tenant,
+)
 from app.store.redis_store import redis_errors
 
 KEY_PREFIX = "vgk"
@@ -36,7 +43,15 @@ _KEY_RE = re.compile(rf"{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
 _NO_SUCH_HASH = hashlib.sha256(b"voxgate: no such key").hexdigest()
 # A label for lists and logs: printable, so that it cannot break a table or write to a terminal.
 MAX_KEY_NAME = 100
-_KEY_NAME_RE = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{0,{MAX_KEY_NAME}}}")
+
+
+def _printable_name(name: str) -> bool:
+    # No control or format characters (ESC, newlines, bidirectional overrides), no line separators.
+    return len(name) <= MAX_KEY_NAME and all(
+        unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for c in name
+    )
+
+_TENANT_RE = re.compile(TENANT_PATTERN)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +61,7 @@ def _hash(secret: str) -> str:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -75,11 +90,18 @@ class ApiKey:
         }
 
 
-def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey:
-    rate_text, burst_text, revoked = raw.get(b"rate"), raw.get(b"burst"), raw.get(b"revoked_at")
-    rate = float(rate_text) if rate_text else None
-    burst = int(burst_text) if burst_text else None
+def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey | None:
+    """A stored key record, or None when it names no usable tenant (the key then is not valid).
+
+    Records are Redis hashes anyone with Redis access can edit: unusable limits fall back to the
+    service defaults, an unreadable revocation time counts as revoked (fail closed)."""
+    tenant = _text(raw.get(b"tenant", b""))
+    if not _TENANT_RE.fullmatch(tenant):
+        log.warning("API key %s names no valid tenant: refused", key_id)
+        return None
     try:
+        rate = float(raw[b"rate"]) if raw.get(b"rate") else None
+        burst = int(raw[b"burst"]) if raw.get(b"burst") else None
         check_limits(rate, burst)
     except ValueError as exc:
         # Written before the limits were checked (a NaN rate), or by hand: the service defaults apply.
@@ -87,13 +109,20 @@ def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey:
         rate = burst = None
     return ApiKey(
         key_id=key_id,
-        tenant=_text(raw[b"tenant"]),
+        tenant=tenant,
         name=_text(raw.get(b"name", b"")),
-        created_at=float(raw.get(b"created_at", b"0")),
+        created_at=_time(raw.get(b"created_at")) or 0.0,
         rate=rate,
         burst=burst,
-        revoked_at=float(revoked) if revoked else None,
+        revoked_at=(_time(raw[b"revoked_at"]) or 0.0) if raw.get(b"revoked_at") else None,
     )
+
+
+def _time(value: bytes | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 class ApiKeys:
@@ -107,7 +136,7 @@ class ApiKeys:
         """A new key for ``tenant``: its record and the full key text (shown once, never stored)."""
         validate_tenant(tenant)
         check_limits(rate, burst)
-        if not _KEY_NAME_RE.fullmatch(name):
+        if not _printable_name(name):
             raise ValueError(
                 f"a key name is at most {MAX_KEY_NAME} printable characters (no control characters)"
             )
@@ -138,7 +167,7 @@ class ApiKeys:
                 pipe.hgetall(api_key_key(self.namespace, key_id))
             raws = await pipe.execute()
         keys = [_parse(key_id, raw) for key_id, raw in zip(ids, raws, strict=True) if raw]
-        return [k for k in keys if tenant is None or k.tenant == tenant]
+        return [k for k in keys if k is not None and (tenant is None or k.tenant == tenant)]
 
     async def revoke(self, key_id: str) -> ApiKey | None:
         """Revoke a key (its record stays, marked, for the audit trail); None when there is no such key."""
@@ -148,7 +177,7 @@ class ApiKeys:
                 return None
             await self.client.hsetnx(key, "revoked_at", repr(time.time()))
             raw: Any = await self.client.hgetall(key)
-        return _parse(key_id, raw)
+        return _parse(key_id, raw) or ApiKey(key_id, "?", "", 0.0, revoked_at=time.time())
 
     async def authenticate(self, token: str) -> ApiKey:
         """The key a request presented, or ``KeyRefused`` carrying the 401 to answer.
@@ -161,9 +190,9 @@ class ApiKeys:
         key_id, secret = match.groups()
         async with redis_errors():
             raw: Any = await self.client.hgetall(api_key_key(self.namespace, key_id))
-        stored = _text(raw[b"hash"]) if raw else _NO_SUCH_HASH
+        stored = _text(raw.get(b"hash", b"")) if raw else _NO_SUCH_HASH
         record = _parse(key_id, raw) if raw else None
-        if not hmac.compare_digest(stored, _hash(secret)) or record is None:
+        if not hmac.compare_digest(stored.encode(), _hash(secret).encode()) or record is None:
             raise KeyRefused(InvalidApiKey("the API key is not valid"), record)
         if record.revoked:
             raise KeyRefused(RevokedApiKey(f"API key {key_id} was revoked"), record)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- argument types: a value that cannot mean anything is refused by the parser, in one line --------------
+def _rate(text: str) -> float:
+    """A false-accept rate: a fraction strictly between 0 and 1 (0.01 = 1 %)."""
+    value = _number(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate strictly between 0 and 1 (0.01 = 1 %)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _number(text)
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration >= 0 s")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _writable_file(text: str) -> Path:
+    """An output file whose folder exists and can be written, checked before minutes of embedding."""
+    path = Path(text)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r} (no such folder, or not writable)")
+    return path
+
+
 def _add_accuracy_parsers(sub: Any) -> None:
     """Measuring accuracy on labelled speech (app.accuracy_commands)."""
     trials_help = "trials, one per line: '1|0 path_a path_b' (1 = same speaker)"
@@ -112,10 +159,10 @@ def _add_accuracy_parsers(sub: Any) -> None:
     ev.add_argument("--root", type=Path, metavar="DIR", help=root_help)
     ev.add_argument("--model", type=Path, help="model directory (default: models/default)")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    ev.add_argument("--plot", type=Path, metavar="FILE.png", help="DET curve and score histograms")
+    ev.add_argument("--plot", type=_writable_file, metavar="FILE.png", help="DET curve and score histograms")
     ev.add_argument("--asnorm", action="store_true", help="also AS-Norm scores (the model's cohort)")
-    ev.add_argument("--min-speech", type=float, metavar="SECONDS", help=gate_help)
-    ev.add_argument("--scores", type=Path, metavar="FILE.tsv", help="write every trial's scores")
+    ev.add_argument("--min-speech", type=_seconds, metavar="SECONDS", help=gate_help)
+    ev.add_argument("--scores", type=_writable_file, metavar="FILE.tsv", help="write every trial's scores")
     ev.add_argument(
         "--drop-non-speech",
         action="store_true",
@@ -129,10 +176,12 @@ def _add_accuracy_parsers(sub: Any) -> None:
     cal.add_argument("--root", type=Path, metavar="DIR", help=root_help)
     cal.add_argument("--model", type=Path, required=True, help="model directory (its manifest is updated)")
     goal = cal.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--target-far", type=float, metavar="RATE", help="threshold for this false-accept rate")
+    goal.add_argument(
+        "--target-far", type=_rate, metavar="RATE", help="threshold for this false-accept rate (0 < RATE < 1)"
+    )
     goal.add_argument("--eer", action="store_true", help="threshold at the equal error rate")
     cal.add_argument("--asnorm", action="store_true", help="calibrate AS-Norm scores (the model's cohort)")
-    cal.add_argument("--min-speech", type=float, metavar="SECONDS", help=gate_help)
+    cal.add_argument("--min-speech", type=_seconds, metavar="SECONDS", help=gate_help)
     cal.add_argument("--json", action="store_true")
     cohort = sub.add_parser("cohort", help="the AS-Norm cohort of a model").add_subparsers(
         dest="cohort_command", required=True
@@ -142,8 +191,12 @@ def _add_accuracy_parsers(sub: Any) -> None:
     )
     build.add_argument("--root", type=Path, required=True, metavar="DIR", help="one sub-folder per speaker")
     build.add_argument("--model", type=Path, required=True, help="model directory (cohort.npy is written)")
-    build.add_argument("--top-n", type=int, default=100, help="cohort scores AS-Norm averages (default 100)")
-    build.add_argument("--min-files", type=int, default=1, help="recordings a speaker needs (default 1)")
+    build.add_argument(
+        "--top-n", type=_at_least_one, default=100, help="cohort scores AS-Norm averages (default 100)"
+    )
+    build.add_argument(
+        "--min-files", type=_at_least_one, default=1, help="recordings a speaker needs (default 1)"
+    )
     build.add_argument("--json", action="store_true")
 
 

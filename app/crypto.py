@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import os
+import string
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -41,6 +42,9 @@ class CryptoError(ValueError):
 def parse_key(text: str) -> bytes:
     """A 256-bit key from 64 hex digits or base64 (standard or URL-safe, padding optional)."""
     text = text.strip()
+    if len(text) != 2 * KEY_BYTES and len(text) > 40 and all(c in string.hexdigits for c in text):
+        # Hex of the wrong length (a digit lost or added in a copy) would read as base64 of some length.
+        raise CryptoError(f"the voiceprint key must be {2 * KEY_BYTES} hex digits, got {len(text)}")
     try:
         if len(text) == 2 * KEY_BYTES:
             raw = bytes.fromhex(text)

@@ -43,7 +43,7 @@ import numpy.typing as npt
 
 from app.audio import TARGET_SAMPLE_RATE, decode_audio
 from app.engine.engine import EmbeddingEngine
-from app.errors import VoxGateError
+from app.errors import AudioTooLarge, VoxGateError
 from app.scoring import Cohort, Scorer, ScoreType, asnorm
 from app.speakers import Policy, Recording, Waiting, embed_recordings
 from app.vad import regions_seconds, speech_regions
@@ -278,7 +278,12 @@ class Embedded:
         return None if found is None else found.embedding
 
 
-def _decode(path: Path, max_seconds: float) -> Recording:
+def _decode(path: Path, max_seconds: float, max_bytes: int) -> Recording:
+    # The service's upload limit: a file the service would refuse is not read whole, 32 at a time.
+    if (size := path.stat().st_size) > max_bytes:
+        raise AudioTooLarge(
+            f"{size} bytes; the upload limit is {max_bytes} bytes", max_upload_bytes=max_bytes
+        )
     audio = decode_audio(path.read_bytes(), max_seconds=max_seconds)
     regions = speech_regions(audio.waveform, TARGET_SAMPLE_RATE)
     return Recording(path.name, audio.waveform, regions_seconds(regions), regions)
@@ -291,6 +296,7 @@ async def embed_files(
     policy: Policy,
     *,
     max_seconds: float,
+    max_bytes: int,
     concurrency: int = 32,
     progress: bool | None = None,
     timeout_s: float = 3600.0,
@@ -309,7 +315,7 @@ async def embed_files(
         item = FileResult(name)
         async with gate:
             try:
-                recording = await asyncio.to_thread(_decode, root / name, max_seconds)
+                recording = await asyncio.to_thread(_decode, root / name, max_seconds, max_bytes)
                 item.speech_seconds = recording.speech_seconds
                 policy.check_speech(recording)
                 waiting = Waiting(deadline=time.monotonic() + timeout_s)

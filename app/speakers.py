@@ -405,10 +405,12 @@ class SpeakerOperations:
         (embedding,) = await self._embed([probe], waiting)
         hits = await self._live_hits(tenant, index, embedding, top_k, candidates)
         warnings: list[Notice] = []
-        searched = len(index)
+        store = self.tenants.store(tenant)
+        # Expired voiceprints not yet swept are not searched: not counted either.
+        searched = len(index) if store.retention_s is None else await store.count()
         if candidates is not None:
             known = {c for c in candidates if c in index}
-            searched = len(known)
+            searched = len(known - await store.expired(sorted(known)))
             unknown = sorted(set(candidates) - known)
             if unknown:
                 warnings.append(

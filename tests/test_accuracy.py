@@ -53,8 +53,8 @@ COHORT_SPEAKERS = ("librispeech_1998", "librispeech_3080", "librispeech_533", "v
 FILES_PER_SPEAKER = 4
 
 
-def voxgate(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+def voxgate(*args: str, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")} | (settings or {})
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=REPO_ROOT,
@@ -213,6 +213,68 @@ def test_eval_counts_refused_files(model: Path, tmp_path: Path) -> None:
     }
     assert result["trials"]["skipped"] == 4
     assert result["trials"]["scored"] == 2
+
+
+def test_a_file_over_the_upload_limit_is_refused_unread(model: Path, tmp_path: Path) -> None:
+    # As the service would refuse it: not read whole (files are read 32 at a time).
+    root = tmp_path / "root"
+    root.mkdir()
+    speech = (SPEECH["vctk_p225"][0], SPEECH["vctk_p225"][1], SPEECH["vctk_p226"][0])
+    for name, path in zip(("a.flac", "b.flac", "c.flac"), speech, strict=True):
+        (root / name).write_bytes(path.read_bytes())
+    (root / "big.wav").write_bytes(encode(np.zeros(16000 * 30, dtype=np.float32)))  # 960 KB
+    (root / "trials.txt").write_text("1 a.flac b.flac\n0 a.flac c.flac\n0 a.flac big.wav\n")
+    done = voxgate(
+        "eval",
+        "--trials",
+        str(root / "trials.txt"),
+        "--model",
+        str(model),
+        "--json",
+        settings={"VOXGATE_MAX_UPLOAD_BYTES": "500000"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["files"]["refused"] == {"audio_too_large": 1}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("calibrate", "--target-far", "nan"),
+        ("calibrate", "--target-far", "-1"),
+        ("calibrate", "--target-far", "1"),
+        ("calibrate", "--target-far", "inf"),
+        ("calibrate", "--eer", "--min-speech", "-1"),
+        ("eval", "--min-speech", "nan"),
+        ("eval", "--scores", "/no/such/folder/s.tsv"),
+        ("eval", "--plot", "/proc/x.png"),
+        ("cohort", "build", "--top-n", "0"),
+        ("cohort", "build", "--min-files", "-5"),
+    ],
+)
+def test_meaningless_options_are_refused_before_any_work(args: tuple[str, ...], tmp_path: Path) -> None:
+    # A target FAR of nan or 2 once wrote a threshold that accepts everyone (exit 0).
+    where = ["--root", str(tmp_path), "--model", str(tmp_path)]
+    trials = [] if args[0] == "cohort" else ["--trials", str(tmp_path / "t.txt")]
+    done = voxgate(*args, *where, *trials)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("voxgate")
+
+
+def test_calibrate_refuses_a_manifest_it_cannot_write_before_embedding(model: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    shutil.copytree(model, locked)
+    (locked / "manifest.json").chmod(0o444)
+    locked.chmod(0o555)
+    try:
+        done = voxgate("calibrate", "--trials", str(tmp_path / "none.txt"), "--model", str(locked), "--eer")
+    finally:
+        locked.chmod(0o755)
+    if os.geteuid() == 0:
+        pytest.skip("root can write anything")
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"voxgate: cannot write {locked / 'manifest.json'} (permissions)"
 
 
 # --- the same numbers through HTTP -----------------------------------------------------------------------

@@ -409,6 +409,8 @@ def test_unusable_limits_and_names_are_refused_in_one_line(
         ("--burst", "10000000"),
         ("--name", "x\ny\x1b[31m"),
         ("--name", "n" * 101),
+        ("--name", "a\u202eb"),
+        ("--name", "a\u2028b"),
     ]:
         refused = run_voxgate("keys", "create", "--tenant", "acme", option, value, env=env)
         assert refused.returncode != 0, (option, value)
@@ -426,12 +428,32 @@ def test_a_stored_key_with_unusable_limits_gets_the_defaults_not_a_500(
     settings = settings_for(
         redis_server.url, tiny_model, auth="required", redis_namespace=f"nanrate-{os.getpid()}"
     )
-    key_id, key = new_key(settings, "acme")
-    redis.Redis.from_url(settings.redis_url or "").hset(
-        api_key_key(settings.redis_namespace, key_id), mapping={"rate": "nan", "burst": "-3"}
-    )
+    raw = redis.Redis.from_url(settings.redis_url or "")
+    edits: list[tuple[dict[str, Any], int]] = [
+        ({"rate": "nan", "burst": "-3"}, 200),  # the defaults apply
+        ({"rate": "abc", "burst": "1.5"}, 200),
+        ({"created_at": "yesterday"}, 200),
+        ({"revoked_at": "garbage"}, 401),  # unreadable: revoked (fail closed)
+        ({"tenant": ""}, 401),  # no tenant: not a valid key
+        ({"tenant": b"\xff\xfe"}, 401),
+        ({"hash": b"\xc3\xa9" * 32}, 401),
+    ]
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        assert [c.get("/speakers", headers=bearer(key)).status_code for _ in range(3)] == [200] * 3
+        for edit, status in edits:
+            key_id, key = new_key(settings, "acme")
+            raw.hset(api_key_key(settings.redis_namespace, key_id), mapping=edit)
+            assert [c.get("/speakers", headers=bearer(key)).status_code for _ in range(2)] == [status] * 2, (
+                edit
+            )
+        assert c.get("/speakers", headers=bearer(new_key(settings, "acme")[1])).status_code == 200
+    assert (
+        "Traceback"
+        not in run_voxgate(
+            "keys",
+            "list",
+            env={"REDIS_URL": settings.redis_url or "", "VOXGATE_REDIS_NAMESPACE": settings.redis_namespace},
+        ).stderr
+    )
 
 
 def test_audit_and_erase_refuse_odd_input_in_one_line(
@@ -444,7 +466,10 @@ def test_audit_and_erase_refuse_odd_input_in_one_line(
         assert listed.returncode in (0, 1), since  # before 1970 means "from the start"
     limited = run_voxgate("audit", "--tenant", "acme", "--limit", "-1", env=env)
     assert limited.returncode == 1
-    assert limited.stderr.strip().splitlines() == ["voxgate audit: --limit must be at least 1 event, not -1"]
+    assert limited.stderr.strip().splitlines() == ["voxgate audit: --limit must be 1-1000000 events, not -1"]
+    huge = run_voxgate("audit", "--tenant", "acme", "--limit", "9" * 20, env=env)
+    assert huge.returncode == 1
+    assert "Traceback" not in huge.stderr
     typo = run_voxgate("tenants", "erase", "no-such-tenant", "--yes", env=env)
     assert typo.returncode == 1
     assert "nothing erased" in typo.stderr

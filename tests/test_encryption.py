@@ -317,6 +317,7 @@ def test_voiceprints_expire_unless_enrolled_into_or_verified(
         ).json()
         assert only["candidates"] == []
         assert only["speaker_id"] is None
+        assert (found["searched"], only["searched"]) == (1, 0)
         page = client.get("/speakers").json()
         assert [s["speaker_id"] for s in page["items"]] == ["kept"]
         assert page["total"] == 1

@@ -31,6 +31,9 @@ class Problem(_Out):
     detail: str
     instance: str
     code: str = Field(examples=["invalid_audio"])
+    request_id: str | None = Field(
+        None, description="The request's id, as in the X-Request-ID header: quote it in bug reports."
+    )
 
 
 class Notice(_Out):
