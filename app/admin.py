@@ -126,6 +126,7 @@ async def _keys(args: argparse.Namespace, client: aioredis.Redis, settings: Sett
 # --- audit ---------------------------------------------------------------------------------------------
 MAX_AUDIT_READ = 1_000_000  # events one `voxgate audit` reads (a stream holds VOXGATE_AUDIT_MAX_EVENTS)
 
+
 async def _audit(args: argparse.Namespace, client: aioredis.Redis, settings: Settings) -> int:
     if not 1 <= args.limit <= MAX_AUDIT_READ:
         raise AdminError(f"--limit must be 1-{MAX_AUDIT_READ} events, not {args.limit}")

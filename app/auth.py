@@ -51,6 +51,7 @@ def _printable_name(name: str) -> bool:
         unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for c in name
     )
 
+
 _TENANT_RE = re.compile(TENANT_PATTERN)
 
 log = logging.getLogger(__name__)
