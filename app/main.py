@@ -42,6 +42,9 @@ decoded (corrupt, truncated, empty) is **400 `invalid_audio`** (an MP3 without a
 length, so one cut short is a valid, shorter MP3). Channels are averaged: a stereo recording whose
 channels cancel out (one phase-inverted) is silence, `no_speech`.
 
+Form fields: `candidates` (and `audio` on `/enroll`) may repeat; any other field given twice is
+**422 `invalid_request`**; a blank field counts as absent.
+
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
 `instance`, `request_id`) with a stable `code`: `invalid_audio` 400; `missing_api_key`,
 `invalid_api_key`, `revoked_api_key` 401 (with `WWW-Authenticate`); `speaker_not_found` 404;

@@ -341,15 +341,7 @@ class SpeakerOperations:
             raise await self._not_found(tenant, speaker_id)
         self._require_speech([probe])
         (embedding,) = await self._embed([probe], waiting)
-        warnings: list[Notice] = []
-        if not self.policy.enrolled(voiceprint.speech_seconds):
-            warnings.append(
-                Notice(
-                    code="not_fully_enrolled",
-                    detail=f"the voiceprint holds {voiceprint.speech_seconds:.1f} s of speech; "
-                    f"{self.policy.enroll_speech_seconds:g} s are recommended",
-                )
-            )
+        warnings = self._enrollment_notices(voiceprint)
         decision = self._decide(speaker_id, None, embedding, voiceprint.direction(), threshold, warnings)
         if decision.match:  # a successful verification keeps the voiceprint from expiring
             await self.tenants.store(tenant).touch(speaker_id)
@@ -422,6 +414,8 @@ class SpeakerOperations:
         used = self.policy.threshold if threshold is None else threshold
         scored = await self._score_hits(tenant, embedding, hits)
         best = scored[0] if scored and scored[0][1].value >= used else None
+        if best is not None and (chosen := await store.get(best[0])) is not None:
+            warnings += self._enrollment_notices(chosen)  # as /verify says of the same voiceprint
         return Identification(
             speaker_id=best[0] if best else None,
             score=best[1].value if best else None,
@@ -432,6 +426,17 @@ class SpeakerOperations:
             score_type=self.policy.scorer.score_type,
             llr=best[1].llr if best else None,
         )
+
+    def _enrollment_notices(self, voiceprint: Voiceprint) -> list[Notice]:
+        if self.policy.enrolled(voiceprint.speech_seconds):
+            return []
+        return [
+            Notice(
+                code="not_fully_enrolled",
+                detail=f"the voiceprint of {voiceprint.speaker_id!r} holds {voiceprint.speech_seconds:.1f} s "
+                f"of speech; {self.policy.enroll_speech_seconds:g} s are recommended",
+            )
+        ]
 
     async def _live_hits(
         self,

@@ -136,6 +136,14 @@ def test_verify_and_identify_shapes(client: TestClient) -> None:
     assert len(ident["candidates"]) == 1
     assert ident["speaker_id"] == ident["candidates"][0]["speaker_id"]
     assert ident["searched"] == 2
+    # The answer says when the speaker it names is not fully enrolled, as /verify does of that voiceprint.
+    warned = {"p225": [], "p226": ["not_fully_enrolled"]}[ident["speaker_id"]]
+    assert [w["code"] for w in ident["warnings"]] == warned
+    weak = client.post(
+        "/identify", files=[wav(SPEECH["vctk_p226"][1])], data={"candidates": "p226", "threshold": "-1"}
+    ).json()
+    assert weak["speaker_id"] == "p226"
+    assert [w["code"] for w in weak["warnings"]] == ["not_fully_enrolled"]
     nobody = client.post("/identify", files=[wav(p225[2])], data={"threshold": "1.0"}).json()
     assert nobody["speaker_id"] is None
     assert nobody["score"] is None

@@ -223,6 +223,27 @@ def test_crafted_audio(client: TestClient, app_settings: Settings, endpoint: str
         assert r.json()["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "field", "values"),
+    [
+        ("/verify", "threshold", ["1", "-1"]),
+        ("/enroll", "speaker_id", ["a1", "a2"]),
+        ("/identify", "top_k", ["1", "5"]),
+    ],
+)
+def test_a_scalar_field_given_twice_is_refused(
+    client: TestClient, app_settings: Settings, endpoint: str, field: str, values: list[str]
+) -> None:
+    # Which of two thresholds (a strict one and -1) or two speaker ids was meant is not for the
+    # service to guess.
+    before = snapshot(app_settings)
+    data: dict[str, Any] = {field: values} | ({"speaker_id": KNOWN} if endpoint == "/verify" else {})
+    r = client.post(endpoint, data=data, files=[("audio", ("x.wav", wav_bytes(WAV_A), "audio/wav"))])
+    assert check(r, before, app_settings) == 422
+    assert r.json()["code"] == "invalid_request"
+    assert f"form field {field!r} given 2 times" in r.json()["detail"]
+
+
 # --- crafted form fields -----------------------------------------------------------------------------
 def _nested(depth: int) -> str:
     return '{"a":' * depth + "1" + "}" * depth

@@ -5,8 +5,9 @@ request body schema of the OpenAPI document, so a limit is written once and the 
 exactly what the service accepts. Limits that are settings (files per enrollment, metadata size) are
 baked into the models when the app is built (``build_forms``).
 
-Text fields arrive as lists of strings (a field may repeat); a scalar field takes its last value,
-blank values count as absent. Errors become 422 problems: ``invalid_speaker_id`` for a malformed id,
+Text fields arrive as lists of strings; a list field may repeat, a scalar field given twice is refused
+(which of two thresholds or speaker ids was meant is not for the service to guess); blank values count
+as absent. Errors become 422 problems: ``invalid_speaker_id`` for a malformed id,
 ``invalid_request`` for everything else.
 """
 
@@ -286,8 +287,10 @@ def _form_input(model: type[Form], contents: FormContents) -> dict[str, Any]:
             data[name] = files if many else files[0]
             continue
         values = [v.strip() for v in contents.field_values(name) if v.strip()]
+        if not many and len(values) > 1:
+            raise InvalidRequest(f"form field {name!r} given {len(values)} times; send it once")
         if values:
-            data[name] = values if many else values[-1]
+            data[name] = values if many else values[0]
     return data
 
 
