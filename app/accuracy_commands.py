@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -46,7 +45,7 @@ from app.manifest import (
     write_manifest,
 )
 from app.observability import configure_logging
-from app.paths import DEFAULT_MODEL_DIR
+from app.paths import DEFAULT_MODEL_DIR, unwritable
 from app.scoring import Cohort, CohortError, ScoreType, fit_llr
 from app.settings import Settings
 from app.speakers import Policy, decision_threshold
@@ -161,8 +160,7 @@ def measure(
             names,
             root,
             policy,
-            max_seconds=settings.max_audio_seconds,
-            max_bytes=settings.max_upload_bytes,
+            settings,
             progress=progress,
             drop_non_speech=drop_non_speech,
         )
@@ -292,12 +290,6 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why ``path`` (written at the end, after minutes of embedding) cannot be written, checked first."""
-    target = path if path.exists() else path.parent
-    return None if os.access(target, os.W_OK) else f"cannot write {path} (permissions)"
-
-
 # --- voxgate eval --------------------------------------------------------------------------------------
 def _check_plotting() -> None:
     try:
@@ -370,7 +362,7 @@ def run_calibrate(
     as_json: bool,
 ) -> int:
     score_type: ScoreType = "asnorm" if asnorm else "cosine"
-    if (why := _unwritable(model_dir / MANIFEST_FILE)) is not None:
+    if (why := unwritable(model_dir / MANIFEST_FILE)) is not None:
         return _fail(why)
     try:
         m = measure(trials, root, model_dir, asnorm=asnorm, min_speech=min_speech)
@@ -477,7 +469,7 @@ def run_cohort_build(*, root: Path, model_dir: Path, top_n: int, min_files: int,
     except (OSError, ManifestError) as exc:
         return _fail(str(exc))
     for written in (model_dir / COHORT_FILE, model_dir / MANIFEST_FILE):
-        if (why := _unwritable(written)) is not None:
+        if (why := unwritable(written)) is not None:
             return _fail(why)
     if len(speakers) < 2:
         return _fail(f"{root}: a cohort needs at least 2 speaker folders with audio, found {len(speakers)}")
@@ -485,14 +477,7 @@ def run_cohort_build(*, root: Path, model_dir: Path, top_n: int, min_files: int,
     policy = _policy(settings, manifest, None)
 
     async def work(engine: EmbeddingEngine) -> Embedded:
-        return await embed_files(
-            engine,
-            names,
-            root,
-            policy,
-            max_seconds=settings.max_audio_seconds,
-            max_bytes=settings.max_upload_bytes,
-        )
+        return await embed_files(engine, names, root, policy, settings)
 
     embedded = asyncio.run(_with_engine(settings, work))
     means = speaker_means(embedded, speakers, min_files)

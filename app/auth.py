@@ -28,13 +28,7 @@ from redis.typing import EncodableT, FieldT
 from app.audit import AuditEvent, AuditLog
 from app.errors import InvalidApiKey, MissingApiKey, RateLimited, RevokedApiKey, VoxGateError
 from app.ratelimit import RateLimiter, check_limits
-from app.store.keys import (
-    TENANT_PATTERN,
-    UNAUTHENTICATED_TENANT,
-    api_key_key,
-    api_keys_index,
-    validate_tenant,
-)
+from app.store.keys import UNAUTHENTICATED_TENANT, api_key_key, api_keys_index, validate_tenant
 from app.store.redis_store import redis_errors
 
 KEY_PREFIX = "vgk"
@@ -51,8 +45,6 @@ def _printable_name(name: str) -> bool:
         unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for c in name
     )
 
-
-_TENANT_RE = re.compile(TENANT_PATTERN)
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +88,9 @@ def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey | None:
 
     Records are Redis hashes anyone with Redis access can edit: unusable limits fall back to the
     service defaults, an unreadable revocation time counts as revoked (fail closed)."""
-    tenant = _text(raw.get(b"tenant", b""))
-    if not _TENANT_RE.fullmatch(tenant):
+    try:
+        tenant = validate_tenant(_text(raw.get(b"tenant", b"")))
+    except ValueError:
         log.warning("API key %s names no valid tenant: refused", key_id)
         return None
     try:

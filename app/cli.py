@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from app.paths import unwritable
 
 PRETRAINED_NAMES = ("titanet_large", "titanet_small", "ecapa_tdnn", "speakerverification_speakernet")
 RANDOM_ARCHS = ("titanet-large", "titanet-medium", "titanet-small", "ecapa_tdnn", "speakernet")
@@ -138,12 +139,10 @@ def _number(text: str) -> float:
 
 
 def _writable_file(text: str) -> Path:
-    """An output file whose folder exists and can be written, checked before minutes of embedding."""
-    path = Path(text)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"cannot write {text!r} (no such folder, or not writable)")
-    return path
+    """An output file that can be written, checked before minutes of embedding."""
+    if (why := unwritable(Path(text))) is not None:
+        raise argparse.ArgumentTypeError(why)
+    return Path(text)
 
 
 def _add_accuracy_parsers(sub: Any) -> None:

@@ -45,6 +45,7 @@ from app.audio import TARGET_SAMPLE_RATE, decode_audio
 from app.engine.engine import EmbeddingEngine
 from app.errors import AudioTooLarge, VoxGateError
 from app.scoring import Cohort, Scorer, ScoreType, asnorm
+from app.settings import Settings
 from app.speakers import Policy, Recording, Waiting, embed_recordings
 from app.vad import regions_seconds, speech_regions
 
@@ -294,16 +295,16 @@ async def embed_files(
     names: Sequence[str],
     root: Path,
     policy: Policy,
+    limits: Settings,
     *,
-    max_seconds: float,
-    max_bytes: int,
     concurrency: int = 32,
     progress: bool | None = None,
     timeout_s: float = 3600.0,
     drop_non_speech: bool | None = None,
 ) -> Embedded:
     """Embed every file once (relative ``names`` under ``root``), concurrently through the engine's
-    batcher; a file the service would refuse is recorded with the problem code it would get."""
+    batcher, within the service's upload and duration ``limits``; a file the service would refuse is
+    recorded with the problem code it would get."""
     from tqdm import tqdm
 
     result = Embedded()
@@ -315,7 +316,9 @@ async def embed_files(
         item = FileResult(name)
         async with gate:
             try:
-                recording = await asyncio.to_thread(_decode, root / name, max_seconds, max_bytes)
+                recording = await asyncio.to_thread(
+                    _decode, root / name, limits.max_audio_seconds, limits.max_upload_bytes
+                )
                 item.speech_seconds = recording.speech_seconds
                 policy.check_speech(recording)
                 waiting = Waiting(deadline=time.monotonic() + timeout_s)

@@ -408,14 +408,7 @@ def _embed_all(paths: dict[str, Path], model: Path) -> dict[str, np.ndarray]:
     names = [str(p.resolve()).lstrip("/") for p in paths.values()]
 
     async def work(engine):
-        return await embed_files(
-            engine,
-            names,
-            root,
-            policy,
-            max_seconds=settings.max_audio_seconds,
-            max_bytes=settings.max_upload_bytes,
-        )
+        return await embed_files(engine, names, root, policy, settings)
 
     embedded = asyncio.run(_with_engine(settings, work))
     out = {}
