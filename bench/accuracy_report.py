@@ -30,12 +30,12 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import vad
-from app.accuracy_commands import _policy, _settings, _with_engine
-from app.evaluation import compute_metrics, eer, embed_files, plot_det, read_trials
-from app.manifest import load_manifest
-from app.scoring import asnorm as as_norm
-from app.vectors import normalize_rows
+from app.accuracy.evaluation import compute_metrics, eer, embed_files, plot_det, read_trials
+from app.audio import vad
+from app.cli.accuracy import _policy, _settings, _with_engine
+from app.core.vectors import normalize_rows
+from app.engine.manifest import load_manifest
+from app.speakers.scoring import asnorm as as_norm
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "tests" / "data" / "speech"
@@ -146,7 +146,7 @@ def _energy_vad() -> Callable[[np.ndarray], float] | None:
 def _work_peak_mb(seconds: int) -> float | None:
     """Peak resident memory a VAD call adds for ``seconds`` of noise (Linux: VmHWM after a reset)."""
     code = (
-        "import numpy as np\nfrom app import vad\nvad.load()\n"
+        "import numpy as np\nfrom app.audio import vad\nvad.load()\n"
         f"x = (0.1 * np.random.default_rng(0).standard_normal({seconds} * 16000)).astype(np.float32)\n"
         "vad.speech_seconds(x[:16000])\n"
         "def status(k):\n"
@@ -338,7 +338,7 @@ def report_conditions(out: Path, model: Path, plots: Path | None) -> None:
     by_speech(out, [c for c in listings if c.startswith("cut")], model)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
-        from app.evaluation import OperatingPoint
+        from app.accuracy.evaluation import OperatingPoint
 
         def points(group: list[Any]) -> list[Any]:
             return [(c, tar, non, OperatingPoint(t["value"], t["far"], t["frr"])) for c, tar, non, t in group]

@@ -27,11 +27,11 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from app.evaluation import eer, read_trials
-from app.main import create_app
-from app.manifest import load_manifest
-from app.settings import Settings
-from app.speakers import Policy
+from app.accuracy.evaluation import eer, read_trials
+from app.api.factory import create_app
+from app.core.settings import Settings
+from app.engine.manifest import load_manifest
+from app.speakers.operations import Policy
 from tests.support import (
     DEFAULT_MODEL_DIR,
     REPO_ROOT,

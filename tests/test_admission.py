@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app import admission as admission_module
-from app.admission import Admission, HeapTrimmer, MemoryBudget
 from app.api import intake as intake_module
-from app.api.intake import AudioIntake
 from app.api.multipart import UploadedFile
-from app.audio import BLOCK_SAMPLES, decode_audio
+from app.audio.decode import BLOCK_SAMPLES, decode_audio
+from app.audio.vad import speech_seconds
+from app.core.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
+from app.engine import admission as admission_module
+from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
 from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine
+from app.engine.intake import AudioIntake
 from app.engine.metrics import EngineMetrics
-from app.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
-from app.speakers import Waiting
-from app.vad import speech_seconds
+from app.speakers.operations import Waiting
 from tests.support import (
     FakeBackend,
     LiveService,

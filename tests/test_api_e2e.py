@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.manifest import load_manifest
-from app.settings import Settings
+from app.api.factory import create_app
+from app.core.settings import Settings
+from app.engine.manifest import load_manifest
 from tests.support import RedisProcess, default_model_dir, settings_for, speech_files, wav_part
 
 pytestmark = pytest.mark.slow

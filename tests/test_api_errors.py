@@ -15,10 +15,10 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
+from app.api.factory import create_app
 from app.api.multipart import read_multipart
-from app.errors import AudioTooLarge
-from app.main import create_app
-from app.settings import Settings
+from app.core.errors import AudioTooLarge
+from app.core.settings import Settings
 from tests.support import (
     OwnRedis,
     RedisProcess,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.settings import Settings
+from app.api.factory import create_app
+from app.core.settings import Settings
 from tests.support import (
     TINY_DIM,
     RedisProcess,

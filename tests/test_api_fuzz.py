@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.main import create_app
-from app.settings import Settings
+from app.api.factory import create_app
+from app.core.settings import Settings
 from tests.support import (
     RedisProcess,
     build_tiny_model,

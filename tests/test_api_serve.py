@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.redis_supervisor import RedisSupervisor, free_port
+from app.store.embedded_redis import RedisSupervisor, free_port
 from tests.support import REPO_ROOT, RedisProcess, build_tiny_model, speech_files, wav_bytes, wav_name
 
 pytestmark = pytest.mark.slow

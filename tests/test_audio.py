@@ -1,4 +1,4 @@
-"""app.audio: container sniffing, decoding of every supported format, resampling, limits."""
+"""app.audio.decode: container sniffing, decoding of every supported format, resampling, limits."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from app.audio import (
+from app.audio.decode import (
     STREAM_HEAD_BYTES,
     TARGET_SAMPLE_RATE,
     check_declared_duration,
     decode_audio,
     sniff_format,
 )
-from app.errors import AudioTooLong, InvalidAudio, UnsupportedMediaType
-from app.vad import speech_seconds
+from app.audio.vad import speech_seconds
+from app.core.errors import AudioTooLong, InvalidAudio, UnsupportedMediaType
 from tests.support import short_speech, speech_files, wav_bytes
 
 SPEECH_FILE = speech_files()["vctk_p225"][0]

@@ -19,10 +19,10 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.audit import AuditLog
-from app.auth import ApiKeys
-from app.main import create_app
-from app.settings import Settings
+from app.access.audit import AuditLog
+from app.access.auth import ApiKeys
+from app.api.factory import create_app
+from app.core.settings import Settings
 from app.store.keys import api_key_key
 from app.store.redis_store import redis_client
 from tests.support import (

@@ -21,8 +21,8 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from app.settings import Settings
-from app.settings_doc import allowed_env_names
+from app.core.settings import Settings
+from app.core.settings_doc import allowed_env_names
 from tests.support import (
     DEPLOY,
     OVERLAYS,
@@ -115,7 +115,7 @@ def test_compose_environment_names_are_settings(files: tuple[str, ...]) -> None:
             if name == "redis":
                 continue
             unknown = set(service.get("environment", {})) - ALLOWED_ENV
-            assert not unknown, f"{name}: not settings of app.settings.Settings: {sorted(unknown)}"
+            assert not unknown, f"{name}: not settings of app.core.settings.Settings: {sorted(unknown)}"
 
 
 def test_allowed_env_names_come_from_the_settings_class() -> None:

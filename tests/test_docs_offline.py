@@ -35,10 +35,10 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.api.factory import create_app
 from app.api.routes import docs
-from app.main import create_app
-from app.redis_supervisor import free_port
-from app.settings import Settings
+from app.core.settings import Settings
+from app.store.embedded_redis import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from app.manifest import load_manifest
+from app.engine.manifest import load_manifest
 from tests.support import REPO_ROOT, build_tiny_model, default_model_dir, speech_files, wav_bytes, wav_name
 
 SPEECH = speech_files()

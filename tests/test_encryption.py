@@ -13,9 +13,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.crypto import SEALED_MAGIC, CryptoError, KeyEncryptionKey, new_key_text, parse_key
-from app.main import create_app
-from app.settings import Settings
+from app.api.factory import create_app
+from app.core.crypto import SEALED_MAGIC, CryptoError, KeyEncryptionKey, new_key_text, parse_key
+from app.core.settings import Settings
 from app.store import vault as vault_module
 from app.store.redis_store import redis_client
 from app.store.retention import RetentionSweeper
@@ -382,7 +382,7 @@ def test_kek_fingerprint_names_the_key_without_revealing_it() -> None:
 def test_a_malformed_voiceprint_key_is_an_invalid_setting_not_echoed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app.config_errors import InvalidSettings, load_settings
+    from app.core.settings_errors import InvalidSettings, load_settings
 
     for bad in ("zz", "ab" * 31, "not base64 at all!"):
         monkeypatch.setenv("VOXGATE_VOICEPRINT_KEY", bad)

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from app.core.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
 from app.engine.batcher import MAX_CONSECUTIVE_FAILURES, InferenceFailed, Item, cut_batch
 from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine
 from app.engine.metrics import EngineMetrics
-from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
 from tests.support import SAMPLE_RATE, FakeBackend, fake_manifest
 
 SR = SAMPLE_RATE

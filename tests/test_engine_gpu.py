@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from app.core.settings import Settings
 from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present
 from app.engine.engine import EmbeddingEngine
-from app.manifest import load_manifest
-from app.settings import Settings
+from app.engine.manifest import load_manifest
 from tests.support import DEFAULT_MODEL_DIR, speech_paths
 
 pytestmark = pytest.mark.gpu

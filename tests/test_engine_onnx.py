@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from onnx import TensorProto
 from prometheus_client import CollectorRegistry
 
+from app.core.settings import Settings
 from app.engine.backend import CPU, CUDA, OnnxBackend, ProviderUnavailable, resolve_providers
 from app.engine.config import BatcherConfig, EngineConfig
 from app.engine.engine import EmbeddingEngine
+from app.engine.manifest import MANIFEST_FILE, ManifestError, load_manifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPolicy, embed_waveforms
-from app.manifest import MANIFEST_FILE, ManifestError, load_manifest
-from app.settings import Settings
 from tests.support import (
     DEFAULT_MODEL_DIR,
     SAMPLE_RATE,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.evaluation import (
+from app.accuracy.evaluation import (
     Embedded,
     FileResult,
     Trial,
@@ -25,7 +25,7 @@ from app.evaluation import (
     read_trials,
     score_trials,
 )
-from app.scoring import Cohort, CohortError, Scorer, asnorm, fit_llr
+from app.speakers.scoring import Cohort, CohortError, Scorer, asnorm, fit_llr
 
 TAR = [0.4, 0.6, 0.8, 0.9]
 NON = [0.1, 0.3, 0.5, 0.7]

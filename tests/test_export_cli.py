@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from app.cli import RANDOM_ARCHS, main
+from app.cli.main import RANDOM_ARCHS, main
+from app.engine.manifest import check_graph_io, load_manifest
 from app.export.nemo_export import RANDOM_INIT_CONFIGS, random_init_config
-from app.manifest import check_graph_io, load_manifest
 from app.modeling.speaker_model import build_speaker_model
 from tests.support import (
     MODELS,

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.core.settings import Settings
 from app.engine.backend import OnnxBackend
 from app.engine.batcher import cut_batch
+from app.engine.manifest import load_manifest
 from app.engine.shapes import ShapePlan, length_series_seconds
-from app.manifest import load_manifest
-from app.settings import Settings
 
 SR = 16000
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"

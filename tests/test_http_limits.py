@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from app.http_protocol import (
+from app.server.protocol import (
     ACCEPT_BURSTS,
     ConnectionGuard,
     ConnectionLimits,

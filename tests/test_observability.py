@@ -21,8 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from app.api.problems import install_problem_handlers
-from app.config_errors import InvalidSettings, format_validation_error, load_settings
-from app.observability import (
+from app.core.logs import (
     OTHER_METHOD,
     STARTUP_REFUSALS,
     UNMATCHED_ROUTE,
@@ -33,7 +32,8 @@ from app.observability import (
     redact_value,
     request_id_var,
 )
-from app.settings import Settings
+from app.core.settings import Settings
+from app.core.settings_errors import InvalidSettings, format_validation_error, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.cli import PRETRAINED_NAMES, main
+from app.cli.main import PRETRAINED_NAMES, main
+from app.engine.manifest import load_manifest
 from app.export.pretrained import (
     BASE_URL_ENV,
     PRETRAINED,
@@ -21,7 +22,6 @@ from app.export.pretrained import (
     download_file,
     fetch_checkpoint,
 )
-from app.manifest import load_manifest
 from tests.support import audio, nemo_path, reference
 
 FIXTURE_MODEL = "titanet-large-reduced"

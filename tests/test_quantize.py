@@ -21,8 +21,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from app.cli import main
+from app.cli.main import main
 from app.engine.backend import OnnxBackend
+from app.engine.manifest import QuantizationInfo, load_manifest
 from app.export.quantize import (
     AS_RECORDED,
     CALIBRATION_SECONDS,
@@ -39,7 +40,6 @@ from app.export.quantize import (
     split_calibration,
     this_host,
 )
-from app.manifest import QuantizationInfo, load_manifest
 from bench.int8_check import cosines, embed_graphs, qemu_binary
 from bench.int8_check import main as int8_check
 from tests.support import SPEECH_DIR, nemo_path, speech_files

@@ -6,7 +6,7 @@ covers fails `test_every_readme_command_is_covered`, so a new README command nee
 - ``make run`` / ``make test``: ``make -n`` shows they set up first and then serve / run pytest (CI runs
   ``make test`` itself through .ci/run).
 - ``voxgate ...``: parsed by the real CLI parser (flags and choices exist); ``embed`` is run for real.
-- ``python -m app.settings_doc``: the README table equals what it generates.
+- ``python -m app.core.settings_doc``: the README table equals what it generates.
 - ``curl ...``: run against a live ``voxgate serve`` (CPU, a private Redis), answers compared with the
   JSON shown under the command.
 - ``docker compose ...``: the same files through ``docker-compose config``.
@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
-from app.cli import PRETRAINED_NAMES, build_parser
-from app.settings_doc import allowed_env_names, extract_table, render_table
+from app.cli.main import PRETRAINED_NAMES, build_parser
+from app.core.settings_doc import allowed_env_names, extract_table, render_table
 from tests.support import OVERLAYS, RedisProcess, compose_config, free_port, parse_dockerfile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def _is_voxgate(c: Command) -> bool:
 
 
 def _is_settings_doc(c: Command) -> bool:
-    return c.tokens[1:3] == ("-m", "app.settings_doc") and Path(c.tokens[0]).name.startswith("python")
+    return c.tokens[1:3] == ("-m", "app.core.settings_doc") and Path(c.tokens[0]).name.startswith("python")
 
 
 def _is_curl(c: Command) -> bool:
@@ -254,13 +254,13 @@ def test_voxgate_selfcheck_runs(command: Command) -> None:
 def test_settings_table_is_current() -> None:
     assert _commands("settings_doc"), "the README tells how to regenerate the table"
     assert extract_table(README) == render_table(), (
-        "README settings table is stale: run `python -m app.settings_doc --write README.md`"
+        "README settings table is stale: run `python -m app.core.settings_doc --write README.md`"
     )
 
 
 def test_settings_doc_cli_prints_the_table() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app.settings_doc"],
+        [sys.executable, "-m", "app.core.settings_doc"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -446,7 +446,7 @@ def test_readme_curl_examples_give_the_answers_shown(live_server: str) -> None:
 
 
 def test_scaling_doc_states_the_store_and_sync_constants() -> None:
-    from app.settings import Settings
+    from app.core.settings import Settings
     from app.store import redis_store
 
     doc = (REPO / "docs" / "scaling.md").read_text(encoding="utf-8")

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 
-from app.manifest import (
+from app.engine.manifest import (
     AUDIO_INPUT,
     EMBEDDING_OUTPUT,
     GRAPH_FILE,

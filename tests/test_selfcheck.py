@@ -24,14 +24,20 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
-from app.cli import main as cli_main
+from app.api.factory import create_app
+from app.cli.main import main as cli_main
+from app.core.settings import Settings
 from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present
 from app.engine.engine import EmbeddingEngine
-from app.export.nemo_export import export_nemo_checkpoint
-from app.export.probe import PROBE_CLIPS, probe_asset
-from app.main import create_app
-from app.manifest import GRAPH_FILE, PROBE_FILE, ManifestError, load_manifest, sha256_file, write_manifest
-from app.selfcheck import (
+from app.engine.manifest import (
+    GRAPH_FILE,
+    PROBE_FILE,
+    ManifestError,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
+from app.engine.selfcheck import (
     FP16_MIN_COSINE,
     FP32_MIN_COSINE,
     INT8_MARGIN,
@@ -40,7 +46,8 @@ from app.selfcheck import (
     run_selfcheck,
     threshold_for,
 )
-from app.settings import Settings
+from app.export.nemo_export import export_nemo_checkpoint
+from app.export.probe import PROBE_CLIPS, probe_asset
 from tests.support import (
     DEFAULT_MODEL_DIR,
     REPO_ROOT,

@@ -20,7 +20,13 @@ def serving_modules() -> list[str]:
 
 def test_serving_modules_are_found() -> None:
     names = serving_modules()
-    for expected in ("app.main", "app.server", "app.engine.engine", "app.store.redis_store", "app.audio"):
+    for expected in (
+        "app.api.factory",
+        "app.server.serve",
+        "app.engine.engine",
+        "app.store.redis_store",
+        "app.audio.decode",
+    ):
         assert expected in names
 
 
@@ -29,8 +35,8 @@ def test_importing_the_serving_path_loads_no_torch() -> None:
         "import importlib, sys\n"
         f"for name in {serving_modules()!r}:\n"
         "    importlib.import_module(name)\n"
-        "from app.main import create_app\n"
-        "from app.settings import Settings\n"
+        "from app.api.factory import create_app\n"
+        "from app.core.settings import Settings\n"
         "create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
         "heavy = ('torch', 'matplotlib')  # the runtime image has neither (matplotlib: voxgate eval --plot)\n"
         "leaked = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from app.errors import InvalidSpeakerId, StoreUnavailable
+from app.core.errors import InvalidSpeakerId, StoreUnavailable
+from app.core.vectors import l2_normalize
 from app.store.index import VoiceprintIndex
 from app.store.keys import KeySchema, validate_speaker_id
 from app.store.redis_store import RedisVoiceprintStore
 from app.store.sync import IndexSyncer
-from app.vectors import l2_normalize
 from tests.support import OwnRedis, RedisProcess
 
 DIM = 16

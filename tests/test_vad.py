@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from app import vad
+from app.audio import vad
 from tests.support import REPO_ROOT, SAMPLE_RATE, non_speech_signals, speech_files, speech_paths
 
 VAD_DIR = REPO_ROOT / "app" / "assets" / "vad"

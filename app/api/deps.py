@@ -9,14 +9,14 @@ from typing import Annotated, cast
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.admission import Admitted
+from app.access.auth import Caller
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
-from app.audio import check_declared_duration
-from app.auth import Caller
-from app.observability import ARRIVED_STATE_KEY
-from app.speakers import Waiting
+from app.audio.decode import check_declared_duration
+from app.core.logs import ARRIVED_STATE_KEY
+from app.engine.admission import Admitted
+from app.speakers.operations import Waiting
 from app.store.keys import SPEAKER_ID_PATTERN
 
 

@@ -38,8 +38,8 @@ from pydantic import (
 from starlette.requests import Request
 
 from app.api.multipart import FileHeadCheck, FormContents, UploadedFile, read_multipart
-from app.errors import InvalidRequest, InvalidSpeakerId
-from app.settings import Settings
+from app.core.errors import InvalidRequest, InvalidSpeakerId
+from app.core.settings import Settings
 from app.store.keys import SPEAKER_ID_PATTERN, invalid_speaker_id
 
 FormT = TypeVar("FormT", bound="Form")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from app.selfcheck import SelfCheckResult
+    from app.engine.selfcheck import SelfCheckResult
 
 # What `score` is: a raw cosine, or AS-Norm against the model's cohort (VOXGATE_SCORE_NORMALIZATION).
 ScoreType = Literal["cosine", "asnorm"]
@@ -124,7 +124,7 @@ class ReadyChecks(_Out):
 
 
 class SelfCheckReport(_Out):
-    """The start-up self-check (``app.selfcheck``): the graph embedded its bundle's probe on the serving
+    """The start-up self-check (``app.engine.selfcheck``): the graph embedded its bundle's probe on the serving
     provider and was compared with the float32 model's reference embeddings."""
 
     passed: bool | None = Field(

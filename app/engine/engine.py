@@ -13,15 +13,15 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
+from app.core.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
+from app.core.settings import Settings
 from app.engine.backend import EmbeddingBackend, OnnxBackend
 from app.engine.batcher import DynamicBatcher, Ticket
 from app.engine.config import BatcherConfig, EngineConfig
+from app.engine.manifest import ModelManifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
-from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
-from app.manifest import ModelManifest
-from app.selfcheck import SelfCheckResult, run_selfcheck
-from app.settings import Settings
+from app.engine.selfcheck import SelfCheckResult, run_selfcheck
 
 log = logging.getLogger(__name__)
 

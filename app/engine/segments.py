@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from app.audio.vad import overlap_samples, speech_regions
 from app.engine.backend import EmbeddingBackend, run_padded
-from app.manifest import ModelManifest
-from app.vad import overlap_samples, speech_regions
+from app.engine.manifest import ModelManifest
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -83,7 +83,7 @@ def segment_bounds(n_samples: int, policy: SegmentPolicy) -> list[tuple[int, int
 
 
 def speech_weights(waveform: Float32Array, bounds: list[tuple[int, int]], sample_rate: int) -> list[float]:
-    """Seconds of speech (app.vad) inside each segment; equal weights when no segment has any."""
+    """Seconds of speech (app.audio.vad) inside each segment; equal weights when no segment has any."""
     if len(bounds) == 1:
         return [1.0]
     regions = speech_regions(waveform, sample_rate)

@@ -14,7 +14,7 @@ import onnx
 import torch
 
 from app import __version__
-from app.manifest import (
+from app.engine.manifest import (
     AUDIO_INPUT,
     EMBEDDING_OUTPUT,
     GRAPH_FILE,

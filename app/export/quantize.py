@@ -73,10 +73,9 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from app.audio import TARGET_SAMPLE_RATE, decode_audio
-from app.errors import VoxGateError
-from app.export.probe import copy_probe
-from app.manifest import (
+from app.audio.decode import TARGET_SAMPLE_RATE, decode_audio
+from app.core.errors import VoxGateError
+from app.engine.manifest import (
     AUDIO_INPUT,
     GRAPH_FILE,
     LENGTHS_INPUT,
@@ -87,6 +86,7 @@ from app.manifest import (
     sha256_file,
     write_manifest,
 )
+from app.export.probe import copy_probe
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from app.engine.manifest import ModelManifest, sha256_file
 from app.export.onnx_common import export_bundle
 from app.export.probe import EmbedClip, torch_reference, write_probe
-from app.manifest import ModelManifest, sha256_file
 from app.modeling.ge2e import EMBEDDING_DIM, GE2EEmbedder
 
 log = logging.getLogger(__name__)

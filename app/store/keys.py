@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.errors import InvalidSpeakerId
+from app.core.errors import InvalidSpeakerId
 
 # No ':' (the key separator), no spaces or control characters; short enough for logs and keys.
 SPEAKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"

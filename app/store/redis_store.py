@@ -6,7 +6,7 @@ cosine scoring needs — is the direction of the sum. Key layout: ``app.store.ke
 docs/redis-schema.md.
 
 With a key-encryption key configured (``app.store.vault``), the sum and the metadata are sealed
-(``app.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
+(``app.core.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
 so an enrollment then reads, adds and writes back under a revision check (optimistic concurrency,
 retried). Retention: every enrollment and every successful verification moves a speaker's expiry
 (``expires_at``; the ``expiry`` sorted set lets ``sweep_expired`` find the ones whose time has come).
@@ -35,11 +35,11 @@ import redis.exceptions as redis_exc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from app.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
-from app.errors import StoreUnavailable
+from app.core.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
+from app.core.errors import StoreUnavailable
+from app.core.vectors import l2_normalize
 from app.store.keys import KeySchema
 from app.store.vault import Vault
-from app.vectors import l2_normalize
 
 # Changes kept in the stream for replicas to replay; a replica further behind reloads everything.
 DEFAULT_CHANGES_MAXLEN = 100_000

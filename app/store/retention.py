@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.periodic import Periodic
+from app.core.periodic import Periodic
 from app.store.keys import KeySchema
 from app.store.redis_store import RedisVoiceprintStore, redis_errors
 

@@ -1,0 +1,48 @@
+"""``voxgate selfcheck [--model DIR] [--providers LIST] [--json]``: the start-up self-check, alone.
+
+Loads the bundle as the service would (same settings, same execution providers), embeds its probe and
+prints one line (or, with ``--json``, one JSON object) on stdout. Exit status 0 when the graph reproduced
+its probe's reference embeddings on this host, 1 otherwise: the check failed, the probe is missing or
+damaged, the bundle cannot be loaded, or it has no probe (nothing could be checked); 2 for invalid
+settings (as ``voxgate serve``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from app.core.logs import configure_logging
+from app.core.settings_errors import InvalidSettings, load_settings
+from app.engine.backend import ProviderUnavailable
+from app.engine.manifest import ManifestError
+from app.engine.selfcheck import SelfCheckFailed, SelfCheckResult, run_selfcheck
+
+
+def _check(model_dir: Path | None, providers: str | None) -> SelfCheckResult:
+    from app.engine.backend import OnnxBackend
+    from app.engine.config import EngineConfig
+
+    overrides: dict[str, object] = {} if providers is None else {"providers": providers}
+    settings = load_settings(**overrides)
+    configure_logging(settings)  # logs on stderr; stdout carries only the result
+    config = EngineConfig.from_settings(settings, model_dir)
+    backend = OnnxBackend.from_config(config)
+    try:
+        return run_selfcheck(backend, backend.manifest, config.model_dir)
+    except SelfCheckFailed as exc:
+        return exc.result
+
+
+def run_selfcheck_command(model_dir: Path | None, providers: str | None, as_json: bool) -> int:
+    try:
+        result = _check(model_dir, providers)
+    except InvalidSettings as exc:
+        print(f"voxgate selfcheck: invalid settings\n{exc}", file=sys.stderr)
+        return 2
+    except (ManifestError, ProviderUnavailable) as exc:
+        print(f"voxgate selfcheck: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_dict()) if as_json else result.line(), flush=True)
+    return 0 if result.passed else 1
