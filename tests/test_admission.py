@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.api import intake as intake_module
 from app.api.multipart import UploadedFile
 from app.audio.decode import BLOCK_SAMPLES, decode_audio
 from app.audio.vad import speech_seconds
 from app.core.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
 from app.engine import admission as admission_module
+from app.engine import intake as intake_module
 from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
 from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine
