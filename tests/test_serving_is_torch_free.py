@@ -15,7 +15,8 @@ TORCH_SIDE = ("app.modeling", "app.export")
 
 def serving_modules() -> list[str]:
     names = [m.name for m in pkgutil.walk_packages(app.__path__, "app.")]
-    return sorted(n for n in names if not n.startswith(TORCH_SIDE))
+    # ``__main__`` modules run a command when imported.
+    return sorted(n for n in names if not n.startswith(TORCH_SIDE) and not n.endswith(".__main__"))
 
 
 def test_serving_modules_are_found() -> None:
