@@ -39,8 +39,9 @@ import redis
 import soundfile as sf
 from onnx import TensorProto, helper, numpy_helper
 
+from app.core.paths import sha256_file
 from app.core.settings import Settings
-from app.engine.manifest import GRAPH_FILE, ModelManifest, sha256_file, write_manifest
+from app.engine.manifest import GRAPH_FILE, ModelManifest, write_manifest
 
 # --- where things are ---------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parent.parent

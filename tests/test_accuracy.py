@@ -27,11 +27,12 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from app.accuracy.evaluation import eer, read_trials
+from app.accuracy.metrics import eer
+from app.accuracy.trials import read_trials
 from app.api.factory import create_app
 from app.core.settings import Settings
 from app.engine.manifest import load_manifest
-from app.speakers.operations import Policy
+from app.speakers.policy import Policy
 from tests.support import (
     DEFAULT_MODEL_DIR,
     REPO_ROOT,

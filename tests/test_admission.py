@@ -24,10 +24,9 @@ from app.engine import admission as admission_module
 from app.engine import intake as intake_module
 from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
 from app.engine.config import BatcherConfig
-from app.engine.engine import EmbeddingEngine
+from app.engine.engine import EmbeddingEngine, Waiting
 from app.engine.intake import AudioIntake
 from app.engine.metrics import EngineMetrics
-from app.speakers.operations import Waiting
 from tests.support import (
     FakeBackend,
     LiveService,

@@ -23,8 +23,8 @@ from app.access.audit import AuditLog
 from app.access.auth import ApiKeys
 from app.api.factory import create_app
 from app.core.settings import Settings
+from app.store.connection import redis_client
 from app.store.keys import api_key_key
-from app.store.redis_store import redis_client
 from tests.support import (
     LiveService,
     OwnRedis,

@@ -17,7 +17,7 @@ from app.api.factory import create_app
 from app.core.crypto import SEALED_MAGIC, CryptoError, KeyEncryptionKey, new_key_text, parse_key
 from app.core.settings import Settings
 from app.store import vault as vault_module
-from app.store.redis_store import redis_client
+from app.store.connection import redis_client
 from app.store.retention import RetentionSweeper
 from app.store.vault import VaultError
 from tests.support import (

@@ -11,20 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.accuracy.evaluation import (
-    Embedded,
-    FileResult,
-    Trial,
-    TrialsError,
-    compute_metrics,
-    det_curve,
-    eer,
-    error_rates,
-    frr_at_far,
-    min_dcf,
-    read_trials,
-    score_trials,
-)
+from app.accuracy.metrics import compute_metrics, det_curve, eer, error_rates, frr_at_far, min_dcf
+from app.accuracy.trials import Embedded, FileResult, Trial, TrialsError, read_trials, score_trials
 from app.speakers.scoring import Cohort, CohortError, Scorer, asnorm, fit_llr
 
 TAR = [0.4, 0.6, 0.8, 0.9]

@@ -9,7 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from app.cli.main import RANDOM_ARCHS, main
+from app.cli.export import RANDOM_ARCHS
+from app.cli.main import main
 from app.engine.manifest import check_graph_io, load_manifest
 from app.export.nemo_export import RANDOM_INIT_CONFIGS, random_init_config
 from app.modeling.speaker_model import build_speaker_model

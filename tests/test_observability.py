@@ -20,13 +20,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from app.api.middleware import OTHER_METHOD, UNMATCHED_ROUTE, RequestContextMiddleware, accept_request_id
 from app.api.problems import install_problem_handlers
 from app.core.logs import (
-    OTHER_METHOD,
     STARTUP_REFUSALS,
-    UNMATCHED_ROUTE,
-    RequestContextMiddleware,
-    accept_request_id,
     configure_logging,
     current_request_id,
     redact_value,

@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.cli.main import PRETRAINED_NAMES, main
+from app.cli.export import PRETRAINED_NAMES
+from app.cli.main import main
 from app.engine.manifest import load_manifest
 from app.export.pretrained import (
     BASE_URL_ENV,

@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
-from app.cli.main import PRETRAINED_NAMES, build_parser
+from app.cli.export import PRETRAINED_NAMES
+from app.cli.main import build_parser
 from app.core.settings_doc import allowed_env_names, extract_table, render_table
 from tests.support import OVERLAYS, RedisProcess, compose_config, free_port, parse_dockerfile
 

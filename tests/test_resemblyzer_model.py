@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 
+from app.core.paths import sha256_file
 from app.engine.manifest import (
     AUDIO_INPUT,
     EMBEDDING_OUTPUT,
@@ -27,7 +28,6 @@ from app.engine.manifest import (
     ModelManifest,
     check_graph_io,
     load_manifest,
-    sha256_file,
 )
 from tests.support import DEFAULT_MODEL_DIR, SPEECH_SUFFIX
 

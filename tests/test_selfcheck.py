@@ -26,17 +26,11 @@ from onnx import numpy_helper
 
 from app.api.factory import create_app
 from app.cli.main import main as cli_main
+from app.core.paths import sha256_file
 from app.core.settings import Settings
 from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present
 from app.engine.engine import EmbeddingEngine
-from app.engine.manifest import (
-    GRAPH_FILE,
-    PROBE_FILE,
-    ManifestError,
-    load_manifest,
-    sha256_file,
-    write_manifest,
-)
+from app.engine.manifest import GRAPH_FILE, PROBE_FILE, ManifestError, load_manifest, write_manifest
 from app.engine.selfcheck import (
     FP16_MIN_COSINE,
     FP32_MIN_COSINE,

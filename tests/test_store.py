@@ -12,9 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.core.errors import InvalidSpeakerId, StoreUnavailable
+from app.core.ids import validate_speaker_id
 from app.core.vectors import l2_normalize
 from app.store.index import VoiceprintIndex
-from app.store.keys import KeySchema, validate_speaker_id
+from app.store.keys import KeySchema
 from app.store.redis_store import RedisVoiceprintStore
 from app.store.sync import IndexSyncer
 from tests.support import OwnRedis, RedisProcess

@@ -22,8 +22,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.core.errors import StoreUnavailable, VoxGateError
+from app.store.connection import redis_errors, reply_text
 from app.store.keys import KeySchema
-from app.store.redis_store import redis_errors
 
 log = logging.getLogger("voxgate.audit")
 
@@ -48,12 +48,8 @@ class AuditEvent:
 REFUSAL_ACTIONS = frozenset({"rate_limit"})
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _stream_id(entry_id: Any) -> tuple[int, int]:
-    milliseconds, _, sequence = _text(entry_id).partition("-")
+    milliseconds, _, sequence = reply_text(entry_id).partition("-")
     return int(milliseconds), int(sequence or 0)
 
 
@@ -97,7 +93,7 @@ class AuditLog:
         entries.sort(key=lambda entry: entry[0])
         events = []
         for _, raw in entries[:limit]:
-            values = {_text(k): _text(v) for k, v in raw.items()}
+            values = {reply_text(k): reply_text(v) for k, v in raw.items()}
             events.append(
                 AuditEvent(
                     time=float(values.get("time", "0")),

@@ -26,10 +26,12 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from app.access.audit import AuditEvent, AuditLog
-from app.access.ratelimit import RateLimiter, check_limits
+from app.access.ratelimit import RateLimiter
 from app.core.errors import InvalidApiKey, MissingApiKey, RateLimited, RevokedApiKey, VoxGateError
-from app.store.keys import UNAUTHENTICATED_TENANT, api_key_key, api_keys_index, validate_tenant
-from app.store.redis_store import redis_errors
+from app.core.ids import UNAUTHENTICATED_TENANT, validate_tenant
+from app.core.limits import check_limits
+from app.store.connection import redis_errors, reply_text
+from app.store.keys import api_key_key, api_keys_index
 
 KEY_PREFIX = "vgk"
 _KEY_RE = re.compile(rf"{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
@@ -51,10 +53,6 @@ log = logging.getLogger(__name__)
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey | None:
     Records are Redis hashes anyone with Redis access can edit: unusable limits fall back to the
     service defaults, an unreadable revocation time counts as revoked (fail closed)."""
     try:
-        tenant = validate_tenant(_text(raw.get(b"tenant", b"")))
+        tenant = validate_tenant(reply_text(raw.get(b"tenant", b"")))
     except ValueError:
         log.warning("API key %s names no valid tenant: refused", key_id)
         return None
@@ -104,7 +102,7 @@ def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey | None:
     return ApiKey(
         key_id=key_id,
         tenant=tenant,
-        name=_text(raw.get(b"name", b"")),
+        name=reply_text(raw.get(b"name", b"")),
         created_at=_time(raw.get(b"created_at")) or 0.0,
         rate=rate,
         burst=burst,
@@ -155,7 +153,7 @@ class ApiKeys:
 
     async def list(self, tenant: str | None = None) -> list[ApiKey]:
         async with redis_errors():
-            ids = [_text(i) for i in await self.client.zrange(api_keys_index(self.namespace), 0, -1)]
+            ids = [reply_text(i) for i in await self.client.zrange(api_keys_index(self.namespace), 0, -1)]
             pipe = self.client.pipeline(transaction=False)
             for key_id in ids:
                 pipe.hgetall(api_key_key(self.namespace, key_id))
@@ -184,7 +182,7 @@ class ApiKeys:
         key_id, secret = match.groups()
         async with redis_errors():
             raw: Any = await self.client.hgetall(api_key_key(self.namespace, key_id))
-        stored = _text(raw.get(b"hash", b"")) if raw else _NO_SUCH_HASH
+        stored = reply_text(raw.get(b"hash", b"")) if raw else _NO_SUCH_HASH
         record = _parse(key_id, raw) if raw else None
         if not hmac.compare_digest(stored.encode(), _hash(secret).encode()) or record is None:
             raise KeyRefused(InvalidApiKey("the API key is not valid"), record)

@@ -15,25 +15,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.core.errors import RateLimited
+from app.store.connection import redis_errors
 from app.store.keys import rate_bucket_key
-from app.store.redis_store import redis_errors
-
-# The limits a key (or the service default) may have. Below MIN_RATE a bucket would take days to refill
-# (and its expiry overflows); NaN and infinities are no rate at all. 0 means no limit.
-MIN_RATE = 0.001
-MAX_RATE = 1_000_000.0
-MAX_BURST = 1_000_000
-
-
-def check_limits(rate: float | None, burst: int | None) -> None:
-    """Raise ``ValueError`` (one line) unless ``rate`` and ``burst`` are limits a bucket can have."""
-    if rate is not None and not (rate == 0 or (math.isfinite(rate) and MIN_RATE <= rate <= MAX_RATE)):
-        raise ValueError(
-            f"rate must be 0 (no limit) or {MIN_RATE:g}-{MAX_RATE:g} requests per second, not {rate!r}"
-        )
-    if burst is not None and not 1 <= burst <= MAX_BURST:
-        raise ValueError(f"burst must be 1-{MAX_BURST} requests, not {burst!r}")
-
 
 # KEYS: bucket. ARGV: rate (tokens/s), burst, expiry (ms). Returns {allowed, seconds until a token}.
 _TAKE_LUA = """

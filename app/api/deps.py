@@ -11,13 +11,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from app.access.auth import Caller
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
+from app.api.middleware import ARRIVED_STATE_KEY
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
 from app.audio.decode import check_declared_duration
-from app.core.logs import ARRIVED_STATE_KEY
+from app.core.ids import SPEAKER_ID_PATTERN
 from app.engine.admission import Admitted
-from app.speakers.operations import Waiting
-from app.store.keys import SPEAKER_ID_PATTERN
+from app.engine.engine import Waiting
 
 
 def get_state(request: Request) -> AppState:

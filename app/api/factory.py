@@ -16,11 +16,11 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app.api.forms import build_forms
+from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.routes import docs, enroll, health, identify, speakers, verify
 from app.api.state import STATE_KEY
 from app.api.wiring import open_state
-from app.core.logs import RequestContextMiddleware
 from app.core.memory import startup_heap_frozen
 from app.core.settings import Settings
 from app.engine.engine import EmbeddingEngine

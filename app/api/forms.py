@@ -39,8 +39,8 @@ from starlette.requests import Request
 
 from app.api.multipart import FileHeadCheck, FormContents, UploadedFile, read_multipart
 from app.core.errors import InvalidRequest, InvalidSpeakerId
+from app.core.ids import SPEAKER_ID_PATTERN, invalid_speaker_id
 from app.core.settings import Settings
-from app.store.keys import SPEAKER_ID_PATTERN, invalid_speaker_id
 
 FormT = TypeVar("FormT", bound="Form")
 

@@ -17,7 +17,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import VoxGateError
-from app.store.keys import invalid_speaker_id
+from app.core.ids import invalid_speaker_id
 
 log = logging.getLogger(__name__)
 

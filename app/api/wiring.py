@@ -23,9 +23,11 @@ from app.core.settings import Settings, is_loopback
 from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
 from app.engine.engine import EmbeddingEngine
 from app.engine.intake import AudioIntake
-from app.speakers.operations import Policy, SpeakerOperations
+from app.speakers.operations import SpeakerOperations
+from app.speakers.policy import Policy
+from app.store.connection import redis_errors
 from app.store.keys import KeySchema
-from app.store.redis_store import RedisVoiceprintStore, redis_errors
+from app.store.redis_store import RedisVoiceprintStore
 from app.store.retention import RetentionSweeper
 from app.store.tenants import REDIS_STARTUP_TIMEOUT_S, TenantIndexes
 

@@ -22,6 +22,7 @@ thread: ONNX Runtime sessions may run concurrently, and each call carries its ow
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -178,12 +179,12 @@ def speech_seconds(waveform: Float32Array, sample_rate: int = SAMPLE_RATE) -> fl
     return regions_seconds(speech_regions(waveform, sample_rate), sample_rate)
 
 
-def overlap_samples(regions: list[Region], start: int, end: int) -> int:
+def overlap_samples(regions: Sequence[Region], start: int, end: int) -> int:
     """How many samples of [start, end) lie inside the regions."""
     return sum(max(0, min(b, end) - max(a, start)) for a, b in regions)
 
 
-def speech_only(waveform: Float32Array, regions: list[Region]) -> Float32Array:
+def speech_only(waveform: Float32Array, regions: Sequence[Region]) -> Float32Array:
     """The speech regions of a waveform joined end to end (non-speech dropped)."""
     if not regions:
         return np.zeros(0, dtype=np.float32)

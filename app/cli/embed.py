@@ -7,20 +7,28 @@ that cannot be used is reported on stderr as a problem (code + detail) and the e
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from app.audio.decode import decode_audio
-from app.core.errors import VoxGateError
-from app.core.logs import configure_logging
-from app.core.paths import DEFAULT_MODEL_DIR
-from app.core.settings import Settings
-from app.engine.engine import EmbeddingEngine
+if TYPE_CHECKING:
+    from app.engine.engine import EmbeddingEngine
+
+
+def add_parser(sub: Any) -> None:
+    embed = sub.add_parser("embed", help="print embeddings of audio files as JSON lines")
+    embed.set_defaults(run=run)
+    embed.add_argument("--model", type=Path, help="model directory (default: models/default)")
+    embed.add_argument("files", nargs="+", type=Path)
 
 
 async def _embed_files(engine: EmbeddingEngine, files: list[Path], max_seconds: float) -> int:
+    from app.audio.decode import decode_audio
+    from app.core.errors import VoxGateError
+
     failures = 0
     for path in files:
         try:
@@ -47,6 +55,10 @@ async def _embed_files(engine: EmbeddingEngine, files: list[Path], max_seconds: 
 
 
 async def _run(model_dir: Path, files: list[Path]) -> int:
+    from app.core.logs import configure_logging
+    from app.core.settings import Settings
+    from app.engine.engine import EmbeddingEngine
+
     settings = Settings.model_validate({})
     configure_logging(settings)  # logs go to stderr; stdout carries only the JSON lines
     engine = EmbeddingEngine.from_settings(settings, model_dir)
@@ -57,6 +69,8 @@ async def _run(model_dir: Path, files: list[Path]) -> int:
         await engine.stop()
 
 
-def run_embed(model_dir: Path | None, files: list[Path]) -> int:
-    failures = asyncio.run(_run(model_dir or DEFAULT_MODEL_DIR, files))
+def run(args: argparse.Namespace) -> int:
+    from app.core.paths import DEFAULT_MODEL_DIR
+
+    failures = asyncio.run(_run(args.model or DEFAULT_MODEL_DIR, args.files))
     return 1 if failures else 0

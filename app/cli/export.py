@@ -1,11 +1,83 @@
-"""``voxgate export``: dispatch to the exporter for each source kind (torch needed from here on)."""
+"""``voxgate export``: a speaker model to an ONNX graph, manifest and probe (``app.export``); the exporters
+need torch, imported only once this command runs."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+PRETRAINED_NAMES = ("titanet_large", "titanet_small", "ecapa_tdnn", "speakerverification_speakernet")
+RANDOM_ARCHS = ("titanet-large", "titanet-medium", "titanet-small", "ecapa_tdnn", "speakernet")
+
+
+def add_parser(sub: Any) -> None:
+    export = sub.add_parser("export", help="export a speaker model to an ONNX graph + manifest")
+    export.set_defaults(run=run)
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--nemo", type=Path, metavar="FILE.nemo", help="a NeMo checkpoint")
+    source.add_argument("--pretrained", choices=PRETRAINED_NAMES, help="download a NeMo checkpoint")
+    source.add_argument("--arch", choices=RANDOM_ARCHS, help="build an untrained model (with --random-init)")
+    source.add_argument("--resemblyzer", type=Path, metavar="pretrained.pt", help="Resemblyzer GE2E weights")
+    export.add_argument("--random-init", action="store_true", help="with --arch: random weights")
+    export.add_argument("--out", type=Path, required=True, help="output directory")
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="fp16: GPU graphs; int8: CPU graphs, needs --calibration-audio (NeMo models only)",
+    )
+    export.add_argument(
+        "--calibration-audio",
+        type=Path,
+        metavar="DIR",
+        help="int8: speech recordings (WAV/FLAC/OGG/MP3, searched recursively), one folder per speaker; "
+        "every fourth speaker is held out to measure accuracy (without --heldout-audio)",
+    )
+    export.add_argument(
+        "--heldout-audio",
+        type=Path,
+        metavar="DIR",
+        help="int8: speech never used for calibration (other speakers, ideally another corpus or "
+        "recording condition) to measure accuracy on; then every --calibration-audio speaker calibrates",
+    )
+    export.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.995,
+        help="int8: fail unless every held-out recording's embedding, as recorded, 20 dB quieter and "
+        "amplified until clipped, has at least this cosine to the float32 graph's (default 0.995); the "
+        "most sensitive convolutions stay float32 until it does",
+    )
+    export.add_argument("--cache-dir", type=Path, help="download cache for --pretrained")
+    export.add_argument("--name", help="model name written to the manifest (default: derived)")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be replaced later)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def _log_progress() -> None:
+    """Progress of long exports (downloads, int8 calibration and sensitivity passes) on stderr; only
+    VoxGate's own loggers, not the chatter of torch / onnxruntime."""
+    app_log = logging.getLogger("app")
+    if not any(h.get_name() == "voxgate-export" for h in app_log.handlers):
+        handler = _StderrHandler()
+        handler.set_name("voxgate-export")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        app_log.addHandler(handler)
+    app_log.setLevel(logging.INFO)
 
 
 def _export_float(args: argparse.Namespace, out: Path, precision: str) -> None:
@@ -68,7 +140,8 @@ def _export_int8(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    _log_progress()
     if args.arch and not args.random_init:
         print("voxgate export: --arch needs --random-init (no weights otherwise)", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""Locations inside the repository / installed tree, and whether an output can be written."""
+"""Locations inside the repository / installed tree, whether an output can be written, and a file's hash."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -19,3 +20,12 @@ def unwritable(path: Path) -> str | None:
     if not os.access(path if path.exists() else folder, os.W_OK):
         return f"cannot write {path} (permissions)"
     return None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (model graphs are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

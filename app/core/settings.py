@@ -13,10 +13,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.access.ratelimit import check_limits
 from app.core.crypto import parse_key
+from app.core.ids import TENANT_PATTERN
+from app.core.limits import check_limits
 from app.core.paths import DEFAULT_MODEL_DIR
-from app.store.keys import TENANT_PATTERN
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 

@@ -1,10 +1,10 @@
-"""From uploaded files to ``Recording``s: decoding, resampling and speech measurement, off the event loop.
+"""From uploaded files to ``Recording``s (``app.audio.recording``), off the event loop.
 
-Decoding runs on a bounded pool of threads (``decode_workers``), within the request's memory
-reservation (the decoded size of all its recordings is reserved from their headers before any is
-decoded; see ``app.engine.admission``) and its deadline (checked before decoding against the engine's estimate,
-and between decoded blocks). Each upload is decoded on its own
-(one bad file is refused with its name before any inference) and every error names its file.
+Decoding runs on a bounded pool of threads (``decode_workers``), within the request's memory reservation
+(the decoded size of all its recordings is reserved from their headers before any is decoded; see
+``app.engine.admission``) and its deadline (checked before decoding against the engine's estimate, and
+between decoded blocks). Each upload is decoded on its own (one bad file is refused with its name before
+any inference) and every error names its file.
 """
 
 from __future__ import annotations
@@ -15,17 +15,31 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
-from app.api.multipart import UploadedFile
 from app.audio import vad
-from app.audio.decode import TARGET_SAMPLE_RATE, AudioHeader, decode_audio, read_header
+from app.audio.decode import TARGET_SAMPLE_RATE, AudioHeader, read_header
+from app.audio.recording import Recording, decode_recording
 from app.core.errors import DeadlineExceeded, VoxGateError
 from app.engine.admission import DECODE_WORK_BYTES, Admitted, Reservation
 from app.engine.backend import available_cpu_cores
-from app.speakers.operations import Recording, Waiting
+from app.engine.engine import Waiting
 
 
-def upload_name(upload: UploadedFile, position: int) -> str:
+class Upload(Protocol):
+    """One uploaded file, as the HTTP layer read it."""
+
+    @property
+    def field(self) -> str: ...
+    @property
+    def filename(self) -> str | None: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+def upload_name(upload: Upload, position: int) -> str:
     return upload.filename or f"{upload.field}[{position}]"
 
 
@@ -60,7 +74,7 @@ class AudioIntake:
         )
 
     async def decode(
-        self, uploads: Sequence[UploadedFile], admitted: Admitted, waiting: Waiting
+        self, uploads: Sequence[Upload], admitted: Admitted, waiting: Waiting
     ) -> list[Recording]:
         """Decode every upload, in order; the first bad one refuses the request.
 
@@ -107,7 +121,7 @@ class AudioIntake:
         admitted.decoded()
         return recordings
 
-    def _read_headers(self, uploads: Sequence[UploadedFile], names: Sequence[str]) -> list[AudioHeader]:
+    def _read_headers(self, uploads: Sequence[Upload], names: Sequence[str]) -> list[AudioHeader]:
         headers = []
         for upload, name in zip(uploads, names, strict=True):
             with _naming_errors(name):
@@ -117,7 +131,7 @@ class AudioIntake:
         return headers
 
     def _decode(
-        self, upload: UploadedFile, name: str, expected: int, reservation: Reservation, deadline: float
+        self, upload: Upload, name: str, expected: int, reservation: Reservation, deadline: float
     ) -> Recording:
         """One upload, on a pool thread, within what was reserved for it (more only when the container
         said too little: MP3 lengths are estimates)."""
@@ -128,19 +142,22 @@ class AudioIntake:
 
         check_deadline()
         started = time.perf_counter()
-        audio = decode_audio(
+        recording = decode_recording(
             upload.data,
+            name,
             content_type=upload.content_type,
             max_seconds=self.max_seconds,
             should_stop=check_deadline,
+            on_decoded=lambda audio: reservation.grow(
+                max(0, audio.waveform.nbytes - expected), f"the decoded audio of {name!r}"
+            ),
         )
-        reservation.grow(max(0, audio.waveform.nbytes - expected), f"the decoded audio of {name!r}")
-        regions = vad.speech_regions(audio.waveform, TARGET_SAMPLE_RATE)
-        if audio.duration_s >= 1.0:  # the cost per second of audio, for the next requests' estimates
-            cost = (time.perf_counter() - started) / audio.duration_s
+        seconds = recording.waveform.shape[0] / TARGET_SAMPLE_RATE
+        if seconds >= 1.0:  # the cost per second of audio, for the next requests' estimates
+            cost = (time.perf_counter() - started) / seconds
             with self._lock:
                 self._cost = 0.8 * self._cost + 0.2 * cost
-        return Recording(name, audio.waveform, vad.regions_seconds(regions), regions)
+        return recording
 
 
 @contextlib.contextmanager

@@ -6,13 +6,14 @@ Export writes it; the serving side reads it and refuses a graph that disagrees w
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.core.paths import sha256_file
 
 MANIFEST_FILE = "manifest.json"
 GRAPH_FILE = "model.onnx"
@@ -221,14 +222,6 @@ class ModelManifest(BaseModel):
         suffix when the embeddings are of the speech regions only)."""
         key = f"{self.name}@{self.graph_sha256[:12]}"
         return key + "+speech" if self.drop_non_speech else key
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(model_dir: Path, manifest: ModelManifest) -> Path:

@@ -26,8 +26,9 @@ import numpy.typing as npt
 
 from app.audio.decode import decode_audio
 from app.core.errors import VoxGateError
+from app.core.paths import sha256_file
 from app.engine.backend import run_padded
-from app.engine.manifest import ManifestError, ModelManifest, sha256_file
+from app.engine.manifest import ManifestError, ModelManifest
 
 if TYPE_CHECKING:
     from app.engine.backend import EmbeddingBackend

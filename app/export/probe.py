@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo, sha256_file
+from app.core.paths import sha256_file
+from app.engine.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo
 from app.engine.selfcheck import read_probe_clips
 
 if TYPE_CHECKING:

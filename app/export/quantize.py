@@ -75,6 +75,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from app.audio.decode import TARGET_SAMPLE_RATE, decode_audio
 from app.core.errors import VoxGateError
+from app.core.paths import sha256_file
 from app.engine.manifest import (
     AUDIO_INPUT,
     GRAPH_FILE,
@@ -83,7 +84,6 @@ from app.engine.manifest import (
     QuantizationInfo,
     ValidationHost,
     load_manifest,
-    sha256_file,
     write_manifest,
 )
 from app.export.probe import copy_probe

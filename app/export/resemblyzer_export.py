@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from app.engine.manifest import ModelManifest, sha256_file
+from app.core.paths import sha256_file
+from app.engine.manifest import ModelManifest
 from app.export.onnx_common import export_bundle
 from app.export.probe import EmbedClip, torch_reference, write_probe
 from app.modeling.ge2e import EMBEDDING_DIM, GE2EEmbedder

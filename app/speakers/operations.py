@@ -1,242 +1,45 @@
-"""Speaker operations: enroll, verify, identify, list, get and delete - the rules of the service.
+"""Speaker operations: enroll, verify, identify, list, get and delete.
 
-Every operation takes the caller's tenant and already-decoded recordings and returns a typed result;
-the HTTP layer only parses requests and renders these results. This module owns what the answers
-mean: embeddings are L2-normalised here, scores are cosines of unit vectors, the threshold and the
-minimum-speech policy are applied here, and the warnings are decided here.
-
-Accuracy (issue 12): the speech gate (``Policy.check_speech``, on the VAD's net speech), the score
-(``app.speakers.scoring.Scorer``: cosine or AS-Norm, with an optional calibrated LLR), the decision threshold
-(settings, else the manifest's calibration, else its default), and the unlike-voiceprint check of
-enrollment (warn, or refuse with 409) are decided here; ``embed_recordings`` is the one way recordings
-become embeddings, for the service and for ``voxgate eval``.
+Every operation takes the caller's tenant and already-decoded recordings and returns a typed result
+(``app.speakers.results``); the HTTP layer only parses requests and renders these results. This module
+applies the policy (``app.speakers.policy``): embeddings are L2-normalised unit vectors, the speech gate
+is checked before any inference, scores and thresholds decide, and the warnings are decided here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from app.audio.vad import Region, speech_only
+from app.audio.recording import Recording
 from app.core.errors import (
-    InvalidAudio,
-    InvalidRequest,
-    NoSpeech,
-    NotEnoughSpeech,
     SpeakerNotFound,
     StoreUnavailable,
     UnlikeVoiceprint,
 )
-from app.core.settings import Settings
 from app.core.vectors import l2_normalize
-from app.engine.engine import EmbeddingEngine
-from app.engine.manifest import ModelManifest
-from app.speakers.scoring import Cohort, LlrCalibration, Score, Scorer, ScoreType, check_calibration_current
+from app.engine.engine import EmbeddingEngine, Waiting
+from app.speakers.policy import Policy
+from app.speakers.results import (
+    Candidate,
+    Deletion,
+    Enrollment,
+    Identification,
+    Notice,
+    SpeakerList,
+    SpeakerRecord,
+    Verification,
+)
+from app.speakers.scoring import Score
 from app.store.index import Hit, VoiceprintIndex
 from app.store.redis_store import Voiceprint
 from app.store.tenants import TenantIndexes
 
 Float32Array = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One decoded upload: 16 kHz mono samples and the net speech the VAD found in them."""
-
-    name: str
-    waveform: Float32Array
-    speech_seconds: float
-    regions: Sequence[Region] = ()  # where the VAD found the speech (samples)
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """How long an operation may take, and how to tell that nobody waits for its answer any more."""
-
-    deadline: float  # time.monotonic()
-    is_disconnected: Callable[[], Awaitable[bool]] | None = None
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The decision rules: written once, from the settings and the model's manifest."""
-
-    threshold: float
-    min_speech_seconds: float
-    enroll_speech_seconds: float
-    # --- accuracy ---
-    threshold_source: str = "manifest default_threshold"
-    scorer: Scorer = field(default_factory=Scorer)
-    unlike_voiceprint: Literal["warn", "refuse"] = "warn"
-    unlike_threshold: float | None = None  # cosine; None = threshold (a cosine policy's)
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, manifest: ModelManifest, model_dir: Path | None = None
-    ) -> Policy:
-        scorer = build_scorer(settings, manifest, model_dir or settings.model_dir)
-        threshold, source = decision_threshold(settings, manifest, scorer.score_type)
-        cosine, _ = decision_threshold(settings, manifest, "cosine")
-        return cls(
-            threshold=threshold,
-            # The model may need more speech than the service default for a stable embedding.
-            min_speech_seconds=max(settings.min_speech_seconds, manifest.min_speech_seconds),
-            enroll_speech_seconds=settings.enroll_speech_seconds,
-            threshold_source=source,
-            scorer=scorer,
-            unlike_voiceprint=settings.unlike_voiceprint,
-            unlike_threshold=settings.unlike_voiceprint_threshold
-            if settings.unlike_voiceprint_threshold is not None
-            else cosine,
-        )
-
-    def enrolled(self, speech_seconds: float) -> bool:
-        return speech_seconds >= self.enroll_speech_seconds
-
-    @property
-    def unlike_cosine(self) -> float:
-        return self.threshold if self.unlike_threshold is None else self.unlike_threshold
-
-    def check_speech(self, recording: Recording) -> None:
-        """``no_speech`` when the VAD found none, ``not_enough_speech`` below the minimum."""
-        seconds = recording.speech_seconds
-        if seconds <= 0.0:
-            raise NoSpeech("no speech found in the recording", file=recording.name)
-        if seconds < self.min_speech_seconds:
-            raise NotEnoughSpeech(
-                f"{seconds:.2f} s of speech found; at least {self.min_speech_seconds:g} s needed",
-                file=recording.name,
-                speech_seconds=round(seconds, 3),
-                min_speech_seconds=self.min_speech_seconds,
-            )
-
-
-def build_scorer(settings: Settings, manifest: ModelManifest, model_dir: Path) -> Scorer:
-    """The scorer the settings ask for (``ValueError`` when the model lacks what it needs)."""
-    score_type = settings_score_type(settings)
-    cohort = None
-    if score_type == "asnorm":
-        if manifest.cohort is None:
-            raise ValueError(
-                f"VOXGATE_SCORE_NORMALIZATION=asnorm, but the model in {model_dir} has no cohort "
-                "(voxgate cohort build --model DIR --root SPEECH)"
-            )
-        cohort = Cohort.load(model_dir, manifest.cohort, settings.asnorm_top_n)
-        check_calibration_current(manifest, score_type)
-    calibration = None
-    if settings.calibrated_scores:
-        found = manifest.calibration.get(score_type)
-        if found is None:
-            raise ValueError(
-                f"VOXGATE_CALIBRATED_SCORES=true, but the model in {model_dir} has no {score_type} "
-                "calibration (voxgate calibrate)"
-            )
-        calibration = LlrCalibration(found.llr_scale, found.llr_offset)
-    return Scorer(score_type, cohort, calibration)
-
-
-def settings_score_type(settings: Settings) -> ScoreType:
-    return "asnorm" if settings.score_normalization == "asnorm" else "cosine"
-
-
-def decision_threshold(
-    settings: Settings, manifest: ModelManifest, score_type: ScoreType
-) -> tuple[float, str]:
-    """The default threshold for ``score_type`` and where it comes from (``VOXGATE_THRESHOLD`` is in the
-    units of the score the settings select)."""
-    if settings.threshold is not None and score_type == settings_score_type(settings):
-        return settings.threshold, "VOXGATE_THRESHOLD"
-    found = manifest.calibration.get(score_type)
-    if found is not None:
-        return found.threshold, f"voxgate calibrate ({found.target}, {found.created})"
-    if score_type == "cosine":
-        return manifest.default_threshold, "manifest default_threshold"
-    raise ValueError(
-        "VOXGATE_SCORE_NORMALIZATION=asnorm needs an AS-Norm threshold: voxgate calibrate --asnorm, or "
-        "VOXGATE_THRESHOLD"
-    )
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A non-fatal remark about a request (e.g. a recording unlike the enrolled ones)."""
-
-    code: str
-    detail: str
-    file: str | None = None
-
-
-@dataclass(frozen=True)
-class Enrollment:
-    speaker_id: str
-    created: bool
-    added_utterances: int
-    utterances: int
-    speech_seconds: float
-    enrolled: bool
-    remaining_speech_seconds: float
-    warnings: list[Notice] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Verification:
-    speaker_id: str | None  # the enrolled speaker compared against, if any
-    reference: str | None  # the reference recording's name, if one was given instead
-    score: float
-    threshold: float
-    match: bool
-    warnings: list[Notice] = field(default_factory=list)
-    score_type: ScoreType = "cosine"
-    llr: float | None = None  # calibrated log-likelihood ratio of score (VOXGATE_CALIBRATED_SCORES)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    speaker_id: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Identification:
-    speaker_id: str | None  # the best candidate at or above the threshold; None = nobody known
-    score: float | None
-    candidates: list[Candidate]
-    threshold: float
-    searched: int
-    warnings: list[Notice] = field(default_factory=list)
-    score_type: ScoreType = "cosine"
-    llr: float | None = None  # of the matched speaker's score
-
-
-@dataclass(frozen=True)
-class SpeakerRecord:
-    speaker_id: str
-    utterances: int
-    speech_seconds: float
-    enrolled: bool
-    metadata: dict[str, Any]
-    created_at: float
-    updated_at: float
-    expires_at: float | None  # retention: unless enrolled into or verified before then
-
-
-@dataclass(frozen=True)
-class SpeakerList:
-    items: list[SpeakerRecord]
-    total: int
-    next_cursor: str | None
-
-
-@dataclass(frozen=True)
-class Deletion:
-    speaker_id: str
-    deleted_models: list[str]
 
 
 class SpeakerOperations:
@@ -543,38 +346,4 @@ class SpeakerOperations:
             self.policy.check_speech(recording)
 
     async def _embed(self, recordings: Sequence[Recording], waiting: Waiting) -> list[Float32Array]:
-        return await embed_recordings(self.engine, recordings, waiting)
-
-
-async def embed_recordings(
-    engine: EmbeddingEngine,
-    recordings: Sequence[Recording],
-    waiting: Waiting,
-    *,
-    drop_non_speech: bool | None = None,
-) -> list[Float32Array]:
-    """Unit-length embeddings of all recordings, submitted together so the engine can batch them (only
-    their speech regions when the model's manifest says ``drop_non_speech``, or the caller does)."""
-    trim = engine.manifest.drop_non_speech if drop_non_speech is None else drop_non_speech
-
-    async def one(recording: Recording) -> Float32Array:
-        waveform = recording.waveform
-        if trim and recording.regions:
-            waveform = speech_only(waveform, list(recording.regions))
-        raw = await engine.embed(waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected)
-        try:
-            return l2_normalize(raw)
-        except ValueError as exc:  # a degenerate input the model maps to the zero vector
-            raise InvalidAudio(
-                "the model produced no usable embedding for this recording", file=recording.name
-            ) from exc
-
-    if not recordings:
-        raise InvalidRequest("no recordings")
-    # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(r)) for r in recordings]
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+        return await self.engine.embed_recordings(recordings, waiting)

@@ -27,8 +27,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from app.core.paths import sha256_file
 from app.core.vectors import normalize_rows
-from app.engine.manifest import CohortInfo, ModelManifest, ScoreCalibration, sha256_file
+from app.engine.manifest import CohortInfo, ModelManifest, ScoreCalibration
 
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]

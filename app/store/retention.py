@@ -12,8 +12,9 @@ import logging
 from typing import Any
 
 from app.core.periodic import Periodic
+from app.store.connection import redis_errors
 from app.store.keys import KeySchema
-from app.store.redis_store import RedisVoiceprintStore, redis_errors
+from app.store.redis_store import RedisVoiceprintStore
 
 log = logging.getLogger(__name__)
 

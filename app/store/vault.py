@@ -24,6 +24,7 @@ from app.core.crypto import (
     new_data_key,
 )
 from app.core.errors import StoreUnavailable
+from app.store.connection import reply_text
 from app.store.keys import KeySchema, crypto_check_key
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ DATA_KEY_CACHE_S = 5.0
 
 class VaultError(CryptoError):
     """This replica's key does not match the store (start-up refuses to serve)."""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Vault:
@@ -63,7 +60,7 @@ class Vault:
             await self.client.hsetnx(key, "check", self.kek.check_value(aad))
             await self.client.hsetnx(key, "fingerprint", self.kek.fingerprint)
             raw = await self.client.hgetall(key)
-        theirs = _text(raw.get(b"fingerprint", b"?"))
+        theirs = reply_text(raw.get(b"fingerprint", b"?"))
         if self.kek is None:
             raise VaultError(
                 f"voiceprints in Redis namespace {self.namespace!r} are encrypted (key fingerprint "
