@@ -17,11 +17,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from app.api.multipart import UploadedFile
+from app.audio import recording as recording_module
 from app.audio.decode import BLOCK_SAMPLES, decode_audio
 from app.audio.vad import speech_seconds
 from app.core.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
 from app.engine import admission as admission_module
-from app.engine import intake as intake_module
 from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
 from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine, Waiting
@@ -190,19 +190,19 @@ def test_decoded_audio_is_reserved_from_the_headers_before_any_decoding() -> Non
     budget = MemoryBudget(24 * MB)
     admitted = Admission(engine, budget, max_queue_wait_s=60.0).admit(len(flac) * 3, time.monotonic() + 30)
     blocks = 0
-    real_decode = intake_module.decode_audio
+    real_decode = recording_module.decode_audio
 
     def counting_decode(*args: Any, **kwargs: Any) -> Any:
         nonlocal blocks
         blocks += 1
         return real_decode(*args, **kwargs)
 
-    intake_module.decode_audio = counting_decode  # type: ignore[assignment]
+    recording_module.decode_audio = counting_decode  # type: ignore[assignment]
     try:
         with pytest.raises(AudioTooLarge) as refused:
             asyncio.run(intake.decode(uploads, admitted, Waiting(deadline=time.monotonic() + 30)))
     finally:
-        intake_module.decode_audio = real_decode  # type: ignore[assignment]
+        recording_module.decode_audio = real_decode  # type: ignore[assignment]
         admitted.release()
         intake.close()
     assert blocks == 0  # refused from the headers
