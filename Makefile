@@ -22,6 +22,7 @@ lint: setup
 	$(VENV)/bin/ruff check app tests bench scripts
 	$(VENV)/bin/ruff format --check app tests bench scripts
 	$(VENV)/bin/mypy app bench
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/bench_engine.py

@@ -9,7 +9,7 @@
 ``voxgate eval`` (the CLI, in a subprocess) on each, with and without ``--drop-non-speech``, and prints a
 Markdown table; ``--plots DIR`` also draws the DET figures of the docs. The other sections embed through
 ``app.accuracy.trials.embed_files`` (the service's path) and print Markdown. Nothing is asserted: see
-tests/test_accuracy.py for the checks. Everything is deterministic (fixed seeds).
+tests/accuracy/test_accuracy.py for the checks. Everything is deterministic (fixed seeds).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _energy_vad() -> Callable[[np.ndarray], float] | None:
     """The energy VAD the service used before (git history), for comparison, when git can show it."""
     try:
         source = subprocess.run(
-            ["git", "show", "6397989:app/vad.py"], cwd=REPO, capture_output=True, text=True, check=True
+            ["git", "show", "6397989:app/audio/vad.py"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None

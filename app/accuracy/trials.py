@@ -167,7 +167,7 @@ def score_trials(trials: Sequence[Trial], embedded: Embedded, cohort: Cohort | N
     ia = np.array([row[t.a] for t in kept])
     ib = np.array([row[t.b] for t in kept])
     raw = np.einsum("ij,ij->i", matrix[ia], matrix[ib]).astype(np.float64)
-    # The same arithmetic as Scorer.score_many (checked by tests/test_evaluation.py).
+    # The same arithmetic as Scorer.score_many (checked by tests/accuracy/test_evaluation.py).
     scores: dict[ScoreType, Float64Array] = {"cosine": raw}
     if cohort is not None:
         mean, std = cohort.stats(matrix)
