@@ -108,13 +108,14 @@ def test_examples_are_copies_of_the_speech_set() -> None:
 
 # --- a repository without its data ------------------------------------------------------------------------
 def _checkout_without_data(tmp_path: Path, drop: str | None) -> Path:
-    """The test modules and pyproject.toml in a new folder; tests/data linked file by file, except ``drop``
+    """The test tree and pyproject.toml in a new folder; tests/data linked file by file, except ``drop``
     (all of it when None)."""
     root = tmp_path / "checkout"
-    (root / "tests").mkdir(parents=True)
+    root.mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", root / "pyproject.toml")
-    for module in (REPO_ROOT / "tests").glob("*.py"):
-        shutil.copy(module, root / "tests" / module.name)
+    shutil.copytree(
+        REPO_ROOT / "tests", root / "tests", ignore=shutil.ignore_patterns("data", "__pycache__", "*.pyc")
+    )
     if drop is not None:
         for data_root in (TEST_DATA, EXAMPLES_AUDIO):
             for path in data_root.rglob("*"):
