@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from app.api.forms import build_forms
 from app.api.problems import install_problem_handlers
-from app.api.routes import docs, enroll, health, identify, speakers, verify
+from app.api.routes import docs, enroll, health, identify, openapi, speakers, verify
 from app.api.state import STATE_KEY
 from app.engine.engine import EmbeddingEngine
 from app.memory import startup_heap_frozen
@@ -63,25 +63,6 @@ see.
 """
 
 
-def _document_without_keys(app: FastAPI) -> None:
-    """Without keys (VOXGATE_AUTH=off) the OpenAPI document must not ask clients for one."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = build()
-            document.get("components", {}).pop("securitySchemes", None)
-            for operations in document.get("paths", {}).values():
-                for operation in operations.values():
-                    if isinstance(operation, dict):
-                        operation.pop("security", None)
-                        operation.get("responses", {}).pop("401", None)
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -123,10 +104,10 @@ def create_app(
         summary="Speaker verification and identification",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
         **docs.FASTAPI_DOCS_OPTIONS,  # /docs from packaged assets (works offline), no /redoc
     )
-    if not settings.auth_required:
-        _document_without_keys(app)
+    openapi.install_openapi(app, forms, keys_required=settings.auth_required)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, registry=registry)
     # The form-taking routes are built per app: their OpenAPI bodies carry this app's limits.
