@@ -46,8 +46,9 @@ Form fields: `candidates` (and `audio` on `/enroll`) may repeat; any other field
 **422 `invalid_request`**; a blank field counts as absent.
 
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
-`instance`, `request_id`) with a stable `code`: `invalid_audio` 400; `missing_api_key`,
-`invalid_api_key`, `revoked_api_key` 401 (with `WWW-Authenticate`); `speaker_not_found` 404;
+`request_id`, and `instance`, the path, once the request's headers were read) with a stable `code`:
+`invalid_audio` 400; `missing_api_key`, `invalid_api_key`, `revoked_api_key` 401 (with
+`WWW-Authenticate`); `speaker_not_found` 404;
 `request_timeout` 408 (headers or body too slow); `unlike_voiceprint` 409 (when enrollment refuses a
 recording unlike the voiceprint); `audio_too_large` 413 (from `Content-Length` before the body is read,
 or while it streams in); `unsupported_media_type` 415; `audio_too_long`, `no_speech`,

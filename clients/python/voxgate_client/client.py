@@ -10,6 +10,10 @@ What the generated code leaves to its caller is done here, once:
   request it refuses with 429 or 503;
 - files: a recording is a path, bytes or a binary file object; it is read into memory once (the
   service caps uploads), so a retried request sends it again whole.
+
+Requests are built by the generated modules (their ``_get_kwargs``) and answers parsed into the generated
+models; the request itself is sent here, so that any answer but the operation's success, whether a
+problem or a proxy's page, reaches ``VoxGateError`` with its status.
 """
 
 from __future__ import annotations
