@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -38,6 +38,8 @@ from voxgate_client.generated.models import Problem, Readiness, VerifyForm, Veri
 from voxgate_client.generated.types import UNSET, File
 
 from app.main import create_app
+from app.manifest import ModelManifest
+from app.scoring import SCORE_TYPES
 from app.settings import Settings
 from tests.support import (
     EXAMPLES_AUDIO,
@@ -115,9 +117,9 @@ def test_the_document_says_what_generators_need(variant: str) -> None:
     # every field the service always sends is required (null or not)
     for name in ("EnrollResponse", "VerifyResponse", "IdentifyResponse", "Speaker", "Readiness", "Health"):
         assert set(schemas[name]["required"]) == set(schemas[name]["properties"]), name
-    # one schema per value set, referred to wherever it is used
-    assert schemas["ScoreType"]["enum"] == ["cosine", "asnorm"]
-    assert schemas["Precision"]["enum"] == ["fp32", "fp16", "int8"]
+    # one schema per value set (the service's own: the scorer's score types, the manifest's precisions)
+    assert schemas["ScoreType"]["enum"] == list(SCORE_TYPES)
+    assert schemas["Precision"]["enum"] == list(get_args(ModelManifest.model_fields["precision"].annotation))
     inline = [name for name, s in schemas.items() if '"enum":' in json.dumps(s) and "enum" not in s]
     assert not inline, f"value sets written inside {inline}: make them enums (one schema each)"
     metrics_200 = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
