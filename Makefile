@@ -22,6 +22,7 @@ lint: setup
 	$(VENV)/bin/ruff check app tests bench scripts clients/python
 	$(VENV)/bin/ruff format --check app tests bench scripts clients/python
 	$(VENV)/bin/mypy app bench clients/python/voxgate_client
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/bench_engine.py

@@ -39,8 +39,8 @@ GENERATED = Path("voxgate_client") / "generated"
 def service_document() -> dict[str, Any]:
     """The OpenAPI document of a service with the default settings (whatever this environment sets)
     and keys required."""
-    from app.main import create_app
-    from app.settings import Settings
+    from app.api.factory import create_app
+    from app.core.settings import Settings
 
     # model_construct: the defaults, not VOXGATE_* variables of this shell; Redis is never contacted.
     settings = Settings.model_construct(redis_url="redis://127.0.0.1:6379/0", auth="required")

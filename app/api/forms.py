@@ -38,9 +38,9 @@ from pydantic import (
 from starlette.requests import Request
 
 from app.api.multipart import FileHeadCheck, FormContents, UploadedFile, read_multipart
-from app.errors import InvalidRequest, InvalidSpeakerId
-from app.settings import Settings
-from app.store.keys import SPEAKER_ID_PATTERN, invalid_speaker_id
+from app.core.errors import InvalidRequest, InvalidSpeakerId
+from app.core.ids import SPEAKER_ID_PATTERN, invalid_speaker_id
+from app.core.settings import Settings
 
 FormT = TypeVar("FormT", bound="Form")
 

@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from app.core.settings import CudnnConvAlgoSearch, ProviderName
 from app.engine.config import EngineConfig
+from app.engine.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
 from app.engine.shapes import ShapePlan
-from app.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
-from app.settings import CudnnConvAlgoSearch, ProviderName
 
 log = logging.getLogger(__name__)
 

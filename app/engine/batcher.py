@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from app.core.errors import DeadlineExceeded, EngineUnavailable, Overloaded, VoxGateError
 from app.engine.backend import EmbeddingBackend, run_padded
 from app.engine.config import BatcherConfig
 from app.engine.metrics import EngineMetrics
-from app.errors import DeadlineExceeded, EngineUnavailable, Overloaded, VoxGateError
 
 log = logging.getLogger(__name__)
 

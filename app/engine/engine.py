@@ -6,22 +6,33 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
+from app.audio.recording import Recording
+from app.audio.vad import Region, speech_only
+from app.core.errors import (
+    DeadlineExceeded,
+    EngineUnavailable,
+    InvalidAudio,
+    InvalidRequest,
+    Overloaded,
+    RequestCancelled,
+)
+from app.core.settings import Settings
+from app.core.vectors import l2_normalize
 from app.engine.backend import EmbeddingBackend, OnnxBackend
 from app.engine.batcher import DynamicBatcher, Ticket
 from app.engine.config import BatcherConfig, EngineConfig
+from app.engine.manifest import ModelManifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
-from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
-from app.manifest import ModelManifest
-from app.selfcheck import SelfCheckResult, run_selfcheck
-from app.settings import Settings
+from app.engine.selfcheck import SelfCheckResult, run_selfcheck
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,14 @@ MIN_SECONDS = 0.1
 AVERAGE_REQUEST_SECONDS = 5.0
 # Segment planning (VAD over the whole recording) moves off the event loop above this length.
 INLINE_PLAN_MAX_SAMPLES = 16000 * 30
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How long an operation may take, and how to tell that nobody waits for its answer any more."""
+
+    deadline: float  # time.monotonic()
+    is_disconnected: Callable[[], Awaitable[bool]] | None = None
 
 
 class EmbeddingEngine:
@@ -149,11 +168,14 @@ class EmbeddingEngine:
         *,
         deadline: float | None = None,
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        regions: Sequence[Region] | None = None,
     ) -> Float32Array:
-        """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate."""
+        """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate.
+        ``regions``: where its speech is, when the caller's VAD already found it (weights long audio's
+        segments; without them the VAD runs when the audio is long enough to be segmented)."""
         status = "failed"
         try:
-            result = await self._embed(waveform, deadline, is_disconnected)
+            result = await self._embed(waveform, deadline, is_disconnected, regions)
             status = "ok"
             return result
         except Overloaded:
@@ -176,6 +198,7 @@ class EmbeddingEngine:
         waveform: np.ndarray,
         deadline: float | None,
         is_disconnected: Callable[[], Awaitable[bool]] | None,
+        regions: Sequence[Region] | None,
     ) -> Float32Array:
         dead = self._batcher.dead
         if dead is not None:
@@ -189,7 +212,7 @@ class EmbeddingEngine:
             raise DeadlineExceeded("deadline passed before inference")
         if is_disconnected is not None and await is_disconnected():
             raise RequestCancelled("client disconnected before inference")
-        plan = await self._plan(audio)
+        plan = await self._plan(audio, regions)
         self._admit(plan, deadline)
         ticket = self._batcher.submit(plan.cut(audio), deadline, asyncio.get_running_loop())
         embeddings = await self._wait(ticket, deadline, is_disconnected)
@@ -244,12 +267,12 @@ class EmbeddingEngine:
             raise InvalidAudio("audio contains NaN or infinite samples")
         return audio
 
-    async def _plan(self, audio: Float32Array) -> SegmentPlan:
+    async def _plan(self, audio: Float32Array, regions: Sequence[Region] | None) -> SegmentPlan:
         seg = self.policy.segment_samples
         if seg is None or audio.shape[0] <= seg:
             return SegmentPlan(bounds=((0, int(audio.shape[0])),), weights=(1.0,))
-        if audio.shape[0] <= INLINE_PLAN_MAX_SAMPLES:
-            return plan_segments(audio, self.policy)
+        if regions is not None or audio.shape[0] <= INLINE_PLAN_MAX_SAMPLES:
+            return plan_segments(audio, self.policy, regions)
         return await asyncio.to_thread(plan_segments, audio, self.policy)
 
     async def _wait(
@@ -288,3 +311,37 @@ class EmbeddingEngine:
                 if not future.done():
                     future.cancel()
         return [future.result() for future in ticket.futures]
+
+    async def embed_recordings(
+        self, recordings: Sequence[Recording], waiting: Waiting, *, drop_non_speech: bool | None = None
+    ) -> list[Float32Array]:
+        """Unit-length embeddings of all recordings, submitted together so the engine can batch them (only
+        their speech regions when the model's manifest says ``drop_non_speech``, or the caller does): the
+        one way recordings become embeddings, for the service and for ``voxgate eval``."""
+        trim = self.manifest.drop_non_speech if drop_non_speech is None else drop_non_speech
+
+        async def one(recording: Recording) -> Float32Array:
+            # No regions (a recording made without the VAD): the engine finds them if it needs them.
+            waveform, regions = recording.waveform, recording.regions or None
+            if trim and regions:
+                waveform = speech_only(waveform, regions)
+                regions = ((0, int(waveform.shape[0])),)  # all of it is speech now
+            raw = await self.embed(
+                waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected, regions=regions
+            )
+            try:
+                return l2_normalize(raw)
+            except ValueError as exc:  # a degenerate input the model maps to the zero vector
+                raise InvalidAudio(
+                    "the model produced no usable embedding for this recording", file=recording.name
+                ) from exc
+
+        if not recordings:
+            raise InvalidRequest("no recordings")
+        # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(r)) for r in recordings]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
