@@ -156,8 +156,8 @@ class ReadyChecks(_Out):
 
 
 class SelfCheckReport(_Out):
-    """The start-up self-check (``app.engine.selfcheck``): the graph embedded its bundle's probe on the
-    serving provider and was compared with the float32 model's reference embeddings."""
+    """The start-up self-check: the graph embedded its bundle's probe on the serving provider and was
+    compared with the float32 model's reference embeddings."""
 
     passed: bool | None = Field(
         description="true: the probe's embeddings matched; null: not checked (the bundle has no probe). "

@@ -12,8 +12,8 @@ T = TypeVar("T", bound="SelfCheckReport")
 
 @_attrs_define
 class SelfCheckReport:
-    """The start-up self-check (``app.selfcheck``): the graph embedded its bundle's probe on the serving
-    provider and was compared with the float32 model's reference embeddings.
+    """The start-up self-check: the graph embedded its bundle's probe on the serving provider and was
+    compared with the float32 model's reference embeddings.
 
         Attributes:
             passed (bool | None): true: the probe's embeddings matched; null: not checked (the bundle has no probe). A
