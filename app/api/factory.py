@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from app.api.forms import build_forms
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
-from app.api.routes import docs, enroll, health, identify, speakers, verify
+from app.api.routes import docs, enroll, health, identify, openapi, speakers, verify
 from app.api.state import STATE_KEY
 from app.api.wiring import open_state
 from app.core.memory import startup_heap_frozen
@@ -46,8 +46,9 @@ Form fields: `candidates` (and `audio` on `/enroll`) may repeat; any other field
 **422 `invalid_request`**; a blank field counts as absent.
 
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
-`instance`, `request_id`) with a stable `code`: `invalid_audio` 400; `missing_api_key`,
-`invalid_api_key`, `revoked_api_key` 401 (with `WWW-Authenticate`); `speaker_not_found` 404;
+`request_id`, and `instance`, the path, once the request's headers were read) with a stable `code`:
+`invalid_audio` 400; `missing_api_key`, `invalid_api_key`, `revoked_api_key` 401 (with
+`WWW-Authenticate`); `speaker_not_found` 404;
 `request_timeout` 408 (headers or body too slow); `unlike_voiceprint` 409 (when enrollment refuses a
 recording unlike the voiceprint); `audio_too_large` 413 (from `Content-Length` before the body is read,
 or while it streams in); `unsupported_media_type` 415; `audio_too_long`, `no_speech`,
@@ -61,25 +62,6 @@ Authentication: when the service requires keys (`VOXGATE_AUTH`), every endpoint 
 (one key; two different ones are `invalid_api_key`); the key's tenant is the only tenant a request can
 see.
 """
-
-
-def _document_without_keys(app: FastAPI) -> None:
-    """Without keys (VOXGATE_AUTH=off) the OpenAPI document must not ask clients for one."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = build()
-            document.get("components", {}).pop("securitySchemes", None)
-            for operations in document.get("paths", {}).values():
-                for operation in operations.values():
-                    if isinstance(operation, dict):
-                        operation.pop("security", None)
-                        operation.get("responses", {}).pop("401", None)
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -123,10 +105,10 @@ def create_app(
         summary="Speaker verification and identification",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=openapi.operation_id,
         **docs.FASTAPI_DOCS_OPTIONS,  # /docs from packaged assets (works offline), no /redoc
     )
-    if not settings.auth_required:
-        _document_without_keys(app)
+    openapi.install_openapi(app, forms, keys_required=settings.auth_required)
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, registry=registry)
     # The form-taking routes are built per app: their OpenAPI bodies carry this app's limits.

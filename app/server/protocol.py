@@ -182,21 +182,28 @@ def fit_to_fd_limit(limits: ConnectionLimits, fd_limit: int) -> ConnectionLimits
 
 
 def problem_response_bytes(
-    status: int, reason: str, code: str, detail: str, request_id: str | None = None
+    status: int,
+    reason: str,
+    code: str,
+    detail: str,
+    request_id: str | None = None,
+    instance: str | None = None,
 ) -> bytes:
     """A complete HTTP/1.1 problem+json response with ``Connection: close``, for answers given below
-    the app (the connection is closed right after it)."""
+    the app (the connection is closed right after it). ``instance``, the request's path, only when a
+    request was read that far (the document's ``Problem`` has it optional)."""
     request_id = request_id or uuid.uuid4().hex
-    body = json.dumps(
-        {
-            "type": problem_type(code),
-            "title": reason,
-            "status": status,
-            "detail": detail,
-            "code": code,
-            "request_id": request_id,
-        }
-    ).encode()
+    problem: dict[str, object] = {
+        "type": problem_type(code),
+        "title": reason,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    if instance is not None:
+        problem["instance"] = instance
+    body = json.dumps(problem).encode()
     head = [
         f"HTTP/1.1 {status} {reason}",
         f"content-type: {PROBLEM_MEDIA_TYPE}",
@@ -616,12 +623,14 @@ class GuardedH11Protocol(H11Protocol):
             if not cycle.response_started:
                 state = cycle.scope.get("state") or {}
                 request_id = state.get("request_id") if isinstance(state, dict) else None
+                path = cycle.scope.get("path")
                 answer = problem_response_bytes(
                     408,
                     "Request Timeout",
                     "request_timeout",
                     detail,
                     request_id if isinstance(request_id, str) else None,
+                    path if isinstance(path, str) else None,
                 )
             cycle.disconnected = True  # the app's receive() returns http.disconnect, its sends are dropped
             cycle.message_event.set()

@@ -169,7 +169,8 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
     assert set(spec["paths"]) >= {"/enroll", "/verify", "/identify", "/speakers", "/speakers/{speaker_id}",
                                   "/healthz", "/readyz", "/metrics"}  # fmt: skip
     enroll_body = spec["paths"]["/enroll"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert enroll_body["properties"]["audio"]["items"]["format"] == "binary"
+    assert enroll_body == {"$ref": "#/components/schemas/EnrollForm"}
+    assert spec["components"]["schemas"]["EnrollForm"]["properties"]["audio"]["items"]["format"] == "binary"
     assert spec["paths"]["/verify"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert client.get("/docs").status_code == 200
 

@@ -12,6 +12,8 @@ covers fails `test_every_readme_command_is_covered`, so a new README command nee
 - ``docker compose ...``: the same files through ``docker-compose config``.
 - ``docker build ...``: every ``--build-arg`` is an ARG of the Dockerfile; CUDA/ORT pairs agree.
 - ``kubectl apply -k DIR``: DIR is an overlay rendered and validated by tests/deploy/test_deploy.py.
+- ``pip install ./clients/python``: the Python client, which ``make test`` installs from there (its
+  ``python`` example is run against a live service by tests/api/test_python_client.py).
 """
 
 from __future__ import annotations
@@ -130,6 +132,11 @@ def _is_kubectl_apply(c: Command) -> bool:
     return c.tokens[:3] == ("kubectl", "apply", "-k")
 
 
+def _is_pip_install(c: Command) -> bool:
+    program = c.tokens[:1]
+    return bool(program) and Path(program[0]).name.startswith("pip") and c.tokens[1:2] == ("install",)
+
+
 def _is_bench(c: Command) -> bool:
     # Covered by tests/bench/test_bench_smoke.py, which runs each benchmark at tiny sizes.
     program = c.tokens[:1]
@@ -147,6 +154,7 @@ RULES: dict[str, Callable[[Command], bool]] = {
     "docker_build": _is_docker_build,
     "kubectl": _is_kubectl_apply,
     "bench": _is_bench,
+    "pip": _is_pip_install,
 }
 COMMANDS = readme_commands()
 
@@ -165,7 +173,7 @@ def test_readme_parser_finds_the_setup_commands() -> None:
 def test_every_readme_command_is_covered() -> None:
     uncovered = [c.text for c in COMMANDS if not any(rule(c) for rule in RULES.values())]
     assert not uncovered, f"README commands no test covers (add a rule): {uncovered}"
-    for rule in ("make", "voxgate", "settings_doc", "curl", "compose", "docker_build", "kubectl", "bench"):
+    for rule in RULES:
         assert _commands(rule), f"no README command for rule {rule}: remove the rule or the check is dead"
 
 
@@ -189,6 +197,20 @@ def test_make_command(command: Command) -> None:
     expected = {"run": "voxgate serve", "test": "-m pytest"}
     for target in targets:
         assert expected[target] in dry.stdout
+
+
+# --- pip install (the Python client) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", _commands("pip"), ids=str)
+def test_pip_install_names_the_client_that_make_test_installs(command: Command) -> None:
+    import voxgate_client
+
+    target = (REPO / command.tokens[-1]).resolve()
+    assert target == REPO / "clients" / "python", f"`{command}` installs no client of this repository"
+    assert (target / "pyproject.toml").is_file()
+    # make test installs it (editable) from the same folder: the tests run what the README installs.
+    assert Path(voxgate_client.__file__).resolve().is_relative_to(target)
 
 
 # --- the voxgate command --------------------------------------------------------------------------------
