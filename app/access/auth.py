@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 import unicodedata
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -241,11 +242,21 @@ class Gate:
         self.required = required
         self.open_tenant = open_tenant
 
-    async def caller(self, authorization: list[str], x_api_key: list[str], request_id: str | None) -> Caller:
+    async def caller(
+        self,
+        authorization: list[str],
+        x_api_key: list[str],
+        request_id: str | None,
+        identified: Callable[[Caller], None] | None = None,
+    ) -> Caller:
         """The caller of a request with these ``Authorization`` and ``X-API-Key`` header values, or a
-        401 (no, invalid or revoked key) / 429 (rate limit) raised."""
+        401 (no, invalid or revoked key) / 429 (rate limit) raised. ``identified`` is told the caller
+        once its key is accepted, before the rate limit (logs name the key of a rate-limited request)."""
         if not self.required:
-            return Caller(self.open_tenant)
+            caller = Caller(self.open_tenant)
+            if identified is not None:
+                identified(caller)
+            return caller
         try:
             token = presented_key(authorization, x_api_key)
         except InvalidApiKey as unusable:
@@ -263,12 +274,15 @@ class Gate:
             # known key id could otherwise fill that tenant's audit stream).
             await self._refused(refused.key, "authenticate", refused.error.code, request_id)
             raise refused.error from None
+        caller = Caller(key.tenant, key.key_id)
+        if identified is not None:
+            identified(caller)
         try:
             await self.limiter.take(key.key_id, key.rate, key.burst)
         except RateLimited as limited:
             await self._refused(key, "rate_limit", limited.code, request_id)
             raise
-        return Caller(key.tenant, key.key_id)
+        return caller
 
     def audited(
         self, caller: Caller, action: str, speaker_id: str | None, request_id: str | None

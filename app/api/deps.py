@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from app.access.auth import Caller
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
-from app.api.middleware import ARRIVED_STATE_KEY
+from app.api.middleware import ARRIVED_STATE_KEY, note_caller
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
 from app.audio.decode import check_declared_duration
@@ -40,10 +40,14 @@ async def authenticate(
 ) -> Caller:
     """The caller (tenant and key) of this request: 401 without a valid key, 429 over its rate limit.
     (``bearer`` and ``api_key`` declare the schemes in the OpenAPI document; the gate reads the raw
-    headers, every value of them.)"""
+    headers, every value of them.) The caller is noted for the access log as soon as its key is
+    accepted, so a rate-limited request's line names its key too."""
     headers = request.headers
     return await state.gate.caller(
-        headers.getlist("authorization"), headers.getlist("x-api-key"), request_id(request)
+        headers.getlist("authorization"),
+        headers.getlist("x-api-key"),
+        request_id(request),
+        identified=lambda who: note_caller(request.scope.setdefault("state", {}), who.tenant, who.key_id),
     )
 
 

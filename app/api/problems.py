@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import VoxGateError
+from app.api.middleware import note_problem
+from app.core.errors import Overloaded, VoxGateError
 from app.core.ids import invalid_speaker_id
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ def problem_response(
     detail: str,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> JSONResponse:
+    """The problem+json answer; also noted for the request middleware (``voxgate_http_problems_total``
+    by ``code``, ``reason`` for overload refusals, and the access log line)."""
+    note_problem(request.scope.setdefault("state", {}), code, reason)
     body: dict[str, Any] = {
         "type": problem_type(code),
         "title": title,
@@ -67,6 +72,7 @@ def error_response(request: Request, exc: VoxGateError) -> JSONResponse:
         detail=exc.detail,
         extra=exc.extra,
         headers=exc.headers() or None,
+        reason=exc.reason if isinstance(exc, Overloaded) else None,
     )
 
 

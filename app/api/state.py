@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from app.access.auth import Gate
 from app.api.forms import Forms
+from app.core.metrics import ServiceMetrics
 from app.core.settings import Settings
 from app.engine.admission import Admission
 from app.engine.engine import EmbeddingEngine
@@ -30,6 +31,7 @@ class AppState:
     intake: AudioIntake
     gate: Gate
     registry: CollectorRegistry
+    metrics: ServiceMetrics
 
     @property
     def manifest(self) -> ModelManifest:

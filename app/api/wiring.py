@@ -19,6 +19,8 @@ from app.api.forms import Forms
 from app.api.state import AppState
 from app.core.crypto import KeyEncryptionKey
 from app.core.errors import StoreUnavailable
+from app.core.metrics import ServiceMetrics
+from app.core.periodic import Periodic
 from app.core.settings import Settings, is_loopback
 from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
 from app.engine.engine import EmbeddingEngine
@@ -28,10 +30,13 @@ from app.speakers.policy import Policy
 from app.store.connection import redis_errors
 from app.store.keys import KeySchema
 from app.store.redis_store import RedisVoiceprintStore
-from app.store.retention import RetentionSweeper
+from app.store.retention import RetentionSweeper, convert_legacy_expiry
 from app.store.tenants import REDIS_STARTUP_TIMEOUT_S, TenantIndexes
 
 log = logging.getLogger(__name__)
+
+# How often the enrolled-speakers gauge is read from Redis (one pipelined count over every tenant).
+SPEAKERS_GAUGE_INTERVAL_S = 30.0
 
 
 def voiceprint_kek(settings: Settings) -> KeyEncryptionKey | None:
@@ -82,6 +87,7 @@ async def open_state(
         )
         stack.push_async_callback(store.close)
         await _verify_vault(store)
+        await convert_legacy_expiry(store)  # voiceprints of older versions: retention from their last use
         tenants = TenantIndexes(store, settings.index_sync_interval_s)
         stack.push_async_callback(tenants.stop)
         await tenants.start(settings.tenant)
@@ -92,6 +98,16 @@ async def open_state(
         trimmer = HeapTrimmer(budget)
         trimmer.start()
         stack.push_async_callback(trimmer.stop)
+        metrics = ServiceMetrics(registry)
+        speakers_gauge = metrics.speakers.labels(manifest.model_key())
+
+        async def count_speakers() -> None:
+            speakers_gauge.set(await store.count_every_tenant())
+
+        await count_speakers()
+        counting = Periodic("speakers gauge", SPEAKERS_GAUGE_INTERVAL_S, count_speakers)
+        counting.start()
+        stack.push_async_callback(counting.stop)
         client, ns = store.client, settings.redis_namespace
         gate = Gate(
             ApiKeys(client, ns),
@@ -110,6 +126,7 @@ async def open_state(
             intake=intake,
             gate=gate,
             registry=registry,
+            metrics=metrics,
         )
         log.info(
             "voxgate ready",

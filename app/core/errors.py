@@ -6,7 +6,7 @@ The API renders every ``VoxGateError`` as an RFC 9457 problem+json body (see ``a
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 
 class VoxGateError(Exception):
@@ -98,8 +98,21 @@ class SpeakerNotFound(VoxGateError):
 
 
 # --- server state (429 / 503 / 504) ---
+# Why the server refused work as ``overloaded`` (a metric label and a log field, not in the answer):
+# the queue of segments is full, the expected wait for inference is too long (or past the request's
+# deadline), or the memory held for requests is in use.
+OverloadReason = Literal["queue_full", "expected_wait", "memory"]
+OVERLOAD_REASONS: tuple[OverloadReason, ...] = get_args(OverloadReason)
+
+
 class Overloaded(_RetryLater):
     status, code, title = 429, "overloaded", "Server overloaded, retry later"
+
+    def __init__(
+        self, detail: str, retry_after_s: float = 1.0, *, reason: OverloadReason = "expected_wait"
+    ) -> None:
+        super().__init__(detail, retry_after_s)
+        self.reason: OverloadReason = reason
 
 
 class RateLimited(_RetryLater):

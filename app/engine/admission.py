@@ -142,7 +142,9 @@ class Reservation:
                 max_request_bytes=self.budget.limit_bytes,
             )
         if not self.budget.try_take(n):
-            raise Overloaded(f"memory for requests is in use: {what} does not fit now", retry_after_s=1.0)
+            raise Overloaded(
+                f"memory for requests is in use: {what} does not fit now", retry_after_s=1.0, reason="memory"
+            )
         with self._lock:
             self.held += n
 

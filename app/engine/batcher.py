@@ -248,10 +248,10 @@ class DynamicBatcher:
             if self._stopping or self._thread is None:
                 raise EngineUnavailable("inference engine is not running")
             if len(self._pending) + len(waveforms) > self._config.queue_size:
-                self._metrics.rejected_overloaded.inc()
                 raise Overloaded(
                     f"inference queue full ({len(self._pending)} items waiting)",
                     retry_after_s=self._retry_after(),
+                    reason="queue_full",
                 )
             self._pending.extend(
                 Item(ticket, future, samples, now)

@@ -53,11 +53,6 @@ class EngineMetrics:
             registry=r,
         )
         self.queue_depth = Gauge("voxgate_engine_queue_depth", "Segments waiting for inference.", registry=r)
-        self.rejected_overloaded = Counter(
-            "voxgate_engine_rejected_overloaded",
-            "Requests refused at once because the queue was full.",
-            registry=r,
-        )
         self.requests = Counter(
             "voxgate_engine_requests",
             "Embedding requests by outcome.",

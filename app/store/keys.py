@@ -57,8 +57,15 @@ class KeySchema:
         return f"{self.tenant_prefix}:models"
 
     @property
-    def expiry(self) -> str:
-        """Sorted set of the model's speaker ids scored by their expiry time (retention)."""
+    def used(self) -> str:
+        """Sorted set of the model's speaker ids scored by their last use (enrollment or successful
+        verification): retention expires those used before now minus the retention in force."""
+        return f"{self.prefix}:used"
+
+    @property
+    def legacy_expiry(self) -> str:
+        """Sorted set of speaker ids scored by a fixed expiry time, as older versions kept retention;
+        converted to ``used`` (``app.store.retention``)."""
         return f"{self.prefix}:expiry"
 
     @property
@@ -85,6 +92,11 @@ class KeySchema:
 
 def tenants_key(namespace: str) -> str:
     return f"{namespace}:tenants"
+
+
+def last_use_converted_key(namespace: str) -> str:
+    """String: set once every voiceprint of the namespace records its last use (``used_at``)."""
+    return f"{namespace}:retention:last-use"
 
 
 def tenant_keys_pattern(namespace: str, tenant: str) -> str:

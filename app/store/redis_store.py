@@ -8,8 +8,10 @@ docs/redis-schema.md.
 With a key-encryption key configured (``app.store.vault``), the sum and the metadata are sealed
 (``app.core.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
 so an enrollment then reads, adds and writes back under a revision check (optimistic concurrency,
-retried). Retention: every enrollment and every successful verification moves a speaker's expiry
-(``expires_at``; the ``expiry`` sorted set lets ``sweep_expired`` find the ones whose time has come).
+retried). Retention: every enrollment and every successful verification records a speaker's last use
+(``used_at``; the ``used`` sorted set lets ``sweep_expired`` find the ones unused for too long). A
+voiceprint expires at its last use plus the retention in force now, so a changed
+``VOXGATE_RETENTION_DAYS`` applies to every stored voiceprint at once.
 
 All calls go through ``redis.asyncio`` (never blocking the event loop). Connection problems are
 raised as ``StoreUnavailable`` (503); the client reconnects by itself on the next call, so the
@@ -44,24 +46,19 @@ _SCAN_BATCH = 2000
 
 # What every enrollment writes besides the voiceprint itself, in the same atomic step: bookkeeping,
 # the speaker set, the version and the change stream, the model and tenant registries, the expiry.
-# KEYS: speaker hash, speakers, version, changes, models, expiry, tenants, epoch.
+# KEYS: speaker hash, speakers, version, changes, models, used, tenants, epoch.
 # ARGV (from 3 on, shared): count, speech, metadata, now, speaker id, changes maxlen, model key,
-# expires_at ('' = never), tenant, a new epoch id (kept only if the history has none), afresh ('1': the
-# stored voiceprint does not open, so it is replaced, not added to); ARGV[1], ARGV[2] belong to the
-# variant.
+# the retention cutoff (a voiceprint last used at or before it has expired; '' = retention off), tenant,
+# a new epoch id (kept only if the history has none), afresh ('1': the stored voiceprint does not open,
+# so it is replaced, not added to); ARGV[1], ARGV[2] belong to the variant.
 _ENROLL_BOOKKEEPING = """
 local count = redis.call('HINCRBY', KEYS[1], 'count', tonumber(ARGV[3]))
 local speech = redis.call('HINCRBYFLOAT', KEYS[1], 'speech_seconds', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[5]) end
-if ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[1], 'expires_at', ARGV[10])
-  redis.call('ZADD', KEYS[6], tonumber(ARGV[10]), ARGV[7])
-else
-  redis.call('HDEL', KEYS[1], 'expires_at')
-  redis.call('ZREM', KEYS[6], ARGV[7])
-end
+redis.call('HSET', KEYS[1], 'used_at', ARGV[6])
+redis.call('ZADD', KEYS[6], tonumber(ARGV[6]), ARGV[7])
 redis.call('ZADD', KEYS[2], 0, ARGV[7])
 local v = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'v', v, 'op', 'upsert', 'id', ARGV[7])
@@ -75,8 +72,8 @@ return {v, count, speech, created}
 # afresh (count, speech seconds and sum), never adds to what is left of it. The revision goes on
 # counting, so that a concurrent sealed enrollment that read the old one retries. Sets `expired`.
 _ENROLL_AFRESH = """
-local at = redis.call('HGET', KEYS[1], 'expires_at')
-local expired = at and tonumber(at) <= tonumber(ARGV[6])
+local used = redis.call('HGET', KEYS[1], 'used_at')
+local expired = ARGV[10] ~= '' and used and tonumber(used) <= tonumber(ARGV[10])
 if expired or ARGV[13] == '1' then
   local kept_rev = redis.call('HGET', KEYS[1], 'rev')
   redis.call('DEL', KEYS[1])
@@ -137,15 +134,15 @@ redis.call('HSET', KEYS[1], 'sum', ARGV[1])
     + _ENROLL_BOOKKEEPING
 )
 
-# KEYS: speaker hash, speakers, version, changes, expiry. ARGV: speaker id, maxlen,
-# only_expired_before ('' = unconditional).
+# KEYS: speaker hash, speakers, version, changes, used. ARGV: speaker id, maxlen,
+# only when last used at or before this cutoff ('' = unconditional).
 _DELETE_LUA = """
 if ARGV[3] ~= '' then
-  local at = redis.call('HGET', KEYS[1], 'expires_at')
-  if (not at) or tonumber(at) > tonumber(ARGV[3]) then
+  local used = redis.call('HGET', KEYS[1], 'used_at')
+  if (not used) or tonumber(used) > tonumber(ARGV[3]) then
     redis.call('ZREM', KEYS[5], ARGV[1])
-    if not at then return 0 end
-    redis.call('ZADD', KEYS[5], tonumber(at), ARGV[1])
+    if not used then return 0 end
+    redis.call('ZADD', KEYS[5], tonumber(used), ARGV[1])
     return 0
   end
 end
@@ -158,12 +155,25 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'v', v, 'op', 'delete',
 return v
 """
 
-# A successful verification keeps a voiceprint alive: moves its expiry (no change event: the
-# embedding did not change). KEYS: speaker hash, expiry. ARGV: expires_at, speaker id.
+# A successful verification keeps a voiceprint alive: records its last use (no change event: the
+# embedding did not change). KEYS: speaker hash, used. ARGV: now, speaker id.
 _TOUCH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'used_at', ARGV[1])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), ARGV[2])
+return 1
+"""
+
+# Converts a voiceprint written by an older version (a fixed ``expires_at``, in the ``expiry`` sorted
+# set) to a last use (``used_at``, in ``used``), unless it records one already. KEYS: speaker hash,
+# legacy expiry, used. ARGV: speaker id, its last use.
+_CONVERT_LUA = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'expires_at')
+if redis.call('HEXISTS', KEYS[1], 'used_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'used_at', ARGV[2])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 
@@ -180,6 +190,7 @@ class Voiceprint:
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    used_at: float | None = None  # the latest enrollment or successful verification
     expires_at: float | None = None  # retention: when it expires unless enrolled into or verified
 
     def direction(self) -> npt.NDArray[np.float32]:
@@ -237,6 +248,7 @@ class RedisVoiceprintStore:
         self._enroll_set = client.register_script(_ENROLL_SET_LUA)
         self._delete = client.register_script(_DELETE_LUA)
         self._touch = client.register_script(_TOUCH_LUA)
+        self._convert = client.register_script(_CONVERT_LUA)
 
     @classmethod
     def from_url(
@@ -302,8 +314,13 @@ class RedisVoiceprintStore:
         except CryptoError:
             return None
 
-    def _expires_at(self, now: float) -> str:
-        return "" if self.retention_s is None else repr(now + self.retention_s)
+    def _cutoff(self, now: float) -> float | None:
+        """A voiceprint last used at or before this time has expired (None: retention is off)."""
+        return None if self.retention_s is None else now - self.retention_s
+
+    def _alive(self, used_at: float | None, now: float) -> bool:
+        cutoff = self._cutoff(now)
+        return cutoff is None or used_at is None or used_at > cutoff
 
     # --- speakers ---
     async def get(self, speaker_id: str) -> Voiceprint | None:
@@ -336,11 +353,12 @@ class RedisVoiceprintStore:
             k.version,
             k.changes,
             k.models,
-            k.expiry,
+            k.used,
             k.tenants,
             k.epoch,
         ]
         now = time.time()
+        cutoff = self._cutoff(now)
         shared: list[Any] = [
             count,
             repr(float(speech_seconds)),
@@ -349,7 +367,7 @@ class RedisVoiceprintStore:
             speaker_id,
             self.changes_maxlen,
             k.model_key,
-            self._expires_at(now),
+            "" if cutoff is None else repr(cutoff),
             k.tenant,
             uuid.uuid4().hex,
         ]
@@ -364,9 +382,9 @@ class RedisVoiceprintStore:
             )
         for _ in range(MAX_ENROLL_ATTEMPTS):
             async with redis_errors():
-                current: Any = await self.client.hmget(k.speaker(speaker_id), ["sum", "rev", "expires_at"])
-                stored, rev, expires = current
-            live = stored is not None and (expires is None or float(expires) > time.time())
+                current: Any = await self.client.hmget(k.speaker(speaker_id), ["sum", "rev", "used_at"])
+                stored, rev, used = current
+            live = stored is not None and self._alive(float(used) if used else None, time.time())
             old = self._open(data_keys, speaker_id, "sum", stored) if live else None
             total_sum = vec if old is None else (self._parse_sum(old) + vec).astype("<f4")
             sealed = data_keys.seal(total_sum.tobytes(), self._aad(speaker_id, "sum"))
@@ -382,14 +400,11 @@ class RedisVoiceprintStore:
         raise StoreUnavailable(f"speaker {speaker_id!r} is being enrolled into too often at once; retry")
 
     async def touch(self, speaker_id: str) -> None:
-        """A successful verification: the voiceprint's retention starts again."""
-        if self.retention_s is None:
-            return
+        """A successful verification: the voiceprint's retention starts again (recorded with retention
+        off too, so that retention turned on later counts from the real last use)."""
         k = self.keys
         async with redis_errors():
-            await self._touch(
-                keys=[k.speaker(speaker_id), k.expiry], args=[self._expires_at(time.time()), speaker_id]
-            )
+            await self._touch(keys=[k.speaker(speaker_id), k.used], args=[repr(time.time()), speaker_id])
 
     async def delete_everywhere(self, speaker_id: str) -> list[str]:
         """Delete the speaker under every model of the tenant; returns the model keys it was under."""
@@ -399,26 +414,68 @@ class RedisVoiceprintStore:
             deleted: list[str] = []
             for model_key in sorted(model_keys):
                 mk = KeySchema(self.keys.namespace, self.keys.tenant, model_key)
-                if await self._delete_one(mk, speaker_id, expired_before=None):
+                if await self._delete_one(mk, speaker_id, used_before=None):
                     deleted.append(model_key)
         return deleted
 
-    async def _delete_one(self, mk: KeySchema, speaker_id: str, expired_before: float | None) -> bool:
+    async def _delete_one(self, mk: KeySchema, speaker_id: str, used_before: float | None) -> bool:
         version = await self._delete(
-            keys=[mk.speaker(speaker_id), mk.speakers, mk.version, mk.changes, mk.expiry],
-            args=[speaker_id, self.changes_maxlen, "" if expired_before is None else repr(expired_before)],
+            keys=[mk.speaker(speaker_id), mk.speakers, mk.version, mk.changes, mk.used],
+            args=[speaker_id, self.changes_maxlen, "" if used_before is None else repr(used_before)],
         )
         return int(version) > 0
 
     async def sweep_expired(self, now: float | None = None, limit: int = 500) -> list[str]:
         """Delete the speakers (of this tenant and model) whose retention ran out; returns their ids."""
-        now = time.time() if now is None else now
+        cutoff = self._cutoff(time.time() if now is None else now)
+        if cutoff is None:
+            return []
         async with redis_errors():
             due = [
                 reply_text(r)
-                for r in await self.client.zrangebyscore(self.keys.expiry, "-inf", now, start=0, num=limit)
+                for r in await self.client.zrangebyscore(self.keys.used, "-inf", cutoff, start=0, num=limit)
             ]
-            return [sid for sid in due if await self._delete_one(self.keys, sid, expired_before=now)]
+            return [sid for sid in due if await self._delete_one(self.keys, sid, used_before=cutoff)]
+
+    async def convert_legacy_expiry(self, *, everything: bool, batch: int = _SCAN_BATCH) -> int:
+        """Give the voiceprints written by older versions a last use; returns how many it converted.
+
+        Those with a fixed ``expires_at`` (written with retention on, listed in the legacy ``expiry``
+        set) were last used at that time minus the retention in force now: their expiry stays where it
+        was unless the retention changed. ``everything`` also walks every speaker for voiceprints that
+        record neither (written with retention off): their last enrollment counts as their last use."""
+        k = self.keys
+        converted = 0
+        async with redis_errors():
+            while True:
+                legacy: Any = await self.client.zrange(k.legacy_expiry, 0, batch - 1, withscores=True)
+                if not legacy:
+                    break
+                for raw_id, expires_at in legacy:
+                    sid = reply_text(raw_id)
+                    used_at = expires_at - (self.retention_s or 0.0)
+                    converted += await self._convert_one(sid, used_at)
+        if not everything:
+            return converted
+        after: str | None = None
+        while ids := await self.list_ids(after, batch):
+            async with redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for sid in ids:
+                    pipe.hmget(k.speaker(sid), ["used_at", "updated_at"])
+                rows: Any = await pipe.execute()
+                for sid, (used, updated) in zip(ids, rows, strict=True):
+                    if used is None and updated is not None:
+                        converted += await self._convert_one(sid, float(updated))
+            after = ids[-1]
+        return converted
+
+    async def _convert_one(self, speaker_id: str, used_at: float) -> int:
+        k = self.keys
+        reply = await self._convert(
+            keys=[k.speaker(speaker_id), k.legacy_expiry, k.used], args=[speaker_id, repr(used_at)]
+        )
+        return int(reply)
 
     async def other_models_with(self, speaker_id: str) -> list[str]:
         """Model keys (other than ours) under which this speaker id is enrolled."""
@@ -441,20 +498,37 @@ class RedisVoiceprintStore:
         """Speakers under this model, without those that expired and are not swept yet."""
         async with redis_errors():
             pipe = self.client.pipeline(transaction=True)
-            pipe.zcard(self.keys.speakers)
-            pipe.zcount(self.keys.expiry, "-inf", time.time())
+            self.queue_count(pipe, time.time())
             total, expired = await pipe.execute()
         return max(0, int(total) - int(expired))
+
+    async def count_every_tenant(self) -> int:
+        """Speakers under this model in every tenant (as ``count``, all in one pipeline)."""
+        async with redis_errors():
+            tenants: Any = await self.client.smembers(self.keys.tenants)
+            pipe = self.client.pipeline(transaction=False)
+            now = time.time()
+            for tenant in tenants:
+                self.for_tenant(reply_text(tenant)).queue_count(pipe, now)
+            replies = await pipe.execute()
+        return sum(max(0, int(t) - int(e)) for t, e in zip(replies[::2], replies[1::2], strict=True))
+
+    def queue_count(self, pipe: Any, now: float) -> None:
+        """Queue on ``pipe`` the two replies whose difference is ``count()`` (to count many at once)."""
+        cutoff = self._cutoff(now)
+        pipe.zcard(self.keys.speakers)
+        # Retention off: nothing has expired (no score is -inf, so the count is 0).
+        pipe.zcount(self.keys.used, "-inf", "-inf" if cutoff is None else cutoff)
 
     async def expired(self, speaker_ids: list[str]) -> set[str]:
         """Those of ``speaker_ids`` whose voiceprint expired (retention) and is not swept yet: reads
         treat them as gone at once, the sweeper deletes them (and their index rows) a little later."""
-        if self.retention_s is None or not speaker_ids:
+        cutoff = self._cutoff(time.time())
+        if cutoff is None or not speaker_ids:
             return set()
         async with redis_errors():
-            scores: Any = await self.client.zmscore(self.keys.expiry, speaker_ids)
-        now = time.time()
-        return {sid for sid, at in zip(speaker_ids, scores, strict=True) if at is not None and at <= now}
+            scores: Any = await self.client.zmscore(self.keys.used, speaker_ids)
+        return {sid for sid, at in zip(speaker_ids, scores, strict=True) if at is not None and at <= cutoff}
 
     async def list_ids(self, after: str | None, limit: int) -> list[str]:
         """Speaker ids in id order, strictly after ``after`` (a lexicographic cursor, stable under writes)."""
@@ -484,13 +558,13 @@ class RedisVoiceprintStore:
         async with redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for sid in speaker_ids:
-                pipe.hmget(self.keys.speaker(sid), ["sum", "expires_at"])
+                pipe.hmget(self.keys.speaker(sid), ["sum", "used_at"])
             raws = await pipe.execute()
         data_keys, now = await self._data_keys(), time.time()
         sums: list[npt.NDArray[np.float32] | None] = []
-        for sid, (raw_sum, expires) in zip(speaker_ids, raws, strict=True):
+        for sid, (raw_sum, used) in zip(speaker_ids, raws, strict=True):
             opened = self._open(data_keys, sid, "sum", raw_sum) if raw_sum else None
-            alive = expires is None or float(expires) > now
+            alive = self._alive(float(used) if used else None, now)
             sums.append(self._parse_sum(opened) if opened is not None and alive else None)
         return sums
 
@@ -553,10 +627,11 @@ class RedisVoiceprintStore:
         self, speaker_id: str, raw: dict[bytes, bytes], data_keys: DataKeys | None, now: float
     ) -> Voiceprint | None:
         """A stored hash as a Voiceprint; None when it expired (not yet swept) or cannot be opened."""
-        expires = raw.get(b"expires_at")
-        expires_at = float(expires) if expires else None
-        if expires_at is not None and expires_at <= now:
+        used = raw.get(b"used_at")
+        used_at = float(used) if used else None
+        if not self._alive(used_at, now):
             return None
+        expires_at = None if used_at is None or self.retention_s is None else used_at + self.retention_s
         opened = self._open(data_keys, speaker_id, "sum", raw[b"sum"]) if b"sum" in raw else None
         if opened is None:
             return None
@@ -570,5 +645,6 @@ class RedisVoiceprintStore:
             metadata=json.loads(meta) if meta else {},
             created_at=float(raw.get(b"created_at", b"0")),
             updated_at=float(raw.get(b"updated_at", b"0")),
+            used_at=used_at,
             expires_at=expires_at,
         )

@@ -39,6 +39,8 @@ def build_router(forms: Forms) -> APIRouter:
             threshold=form.threshold,
             waiting=waiting,
         )
+        best = max((c.score for c in result.candidates), default=None)
+        state.metrics.observe_decision("identify", result.speaker_id is not None, best, result.score_type)
         return IdentifyResponse.model_validate({**asdict(result), "model": state.model_key})
 
     return router

@@ -39,6 +39,7 @@ def build_router(forms: Forms) -> APIRouter:
             assert form.reference is not None  # the form allows exactly one of the two
             probe, reference = await state.intake.decode([form.audio, form.reference], admitted, waiting)
             result = await state.speakers.verify_pair(probe, reference, form.threshold, waiting)
+        state.metrics.observe_decision("verify", result.match, result.score, result.score_type)
         return VerifyResponse.model_validate({**asdict(result), "model": state.model_key})
 
     return router
