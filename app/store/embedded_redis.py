@@ -3,12 +3,21 @@
 Data lives under ``data_dir`` with append-only persistence (fsync every second), the server listens
 only on 127.0.0.1 on a free port, a watcher thread restarts it (same port, same data) if it dies, and
 ``stop()`` shuts it down cleanly (SHUTDOWN flushes the AOF) before the service exits.
+
+One data directory has one supervisor: ``start()`` takes an exclusive lock on ``data_dir/serve.lock``
+(``flock``: the kernel lets go of it when the process ends, however it ends), so a second ``voxgate
+serve`` from the same checkout refuses in one line, naming the running server to share through
+``REDIS_URL``, instead of starting a second redis-server on the same files; and only the lock's holder
+writes and removes the endpoint file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -29,6 +38,7 @@ _PR_SET_PDEATHSIG = 1
 # Written beside the data while the server runs: where admin commands (`voxgate keys`, `voxgate
 # audit`) find the embedded server of a `voxgate serve` without REDIS_URL.
 ENDPOINT_FILE = "endpoint"
+LOCK_FILE = "serve.lock"
 
 
 class RedisSupervisorError(RuntimeError):
@@ -83,6 +93,7 @@ class RedisSupervisor:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._dir_lock: int | None = None  # the file descriptor holding LOCK_FILE's lock
 
     @property
     def url(self) -> str:
@@ -132,10 +143,39 @@ class RedisSupervisor:
         self._proc.wait()
         raise RedisSupervisorError(f"redis-server did not answer within {START_TIMEOUT_S:g} s")
 
+    def _take_data_dir(self) -> None:
+        """Hold the data directory's lock, or refuse: another supervisor (process) serves it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            running = running_endpoint(self.data_dir)
+            share = f"set REDIS_URL={running} to share it, or" if running else "stop it, or set"
+            raise RedisSupervisorError(
+                f"{self.data_dir} is served by another voxgate serve (pid {holder}) and its redis-server: "
+                f"{share} VOXGATE_DATA_DIR to another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._dir_lock = fd
+
+    def _release_data_dir(self) -> None:
+        fd, self._dir_lock = self._dir_lock, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+
     def start(self) -> str:
         """Start the server and its watcher; returns the URL to connect to."""
-        with self._lock:
-            self._spawn()
+        self._take_data_dir()
+        try:
+            with self._lock:
+                self._spawn()
+        except BaseException:
+            self._release_data_dir()
+            raise
         (self.data_dir / ENDPOINT_FILE).write_text(self.url + "\n")
         log.info("embedded redis-server started", extra={"port": self.port, "data_dir": str(self.data_dir)})
         self._watcher = threading.Thread(target=self._watch, name="redis-supervisor", daemon=True)
@@ -163,17 +203,23 @@ class RedisSupervisor:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
-        (self.data_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+        if self._dir_lock is not None:  # ours only: never the endpoint file of another process's server
+            with contextlib.suppress(OSError):
+                if (self.data_dir / ENDPOINT_FILE).read_text().strip() == self.url:
+                    (self.data_dir / ENDPOINT_FILE).unlink()
         if self._watcher is not None:
             self._watcher.join(timeout=timeout_s)
-        with self._lock:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                return
-            proc.terminate()  # SIGTERM = SHUTDOWN: flushes the append-only file
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.info("embedded redis-server stopped")
+        try:
+            with self._lock:
+                proc = self._proc
+                if proc is None or proc.poll() is not None:
+                    return
+                proc.terminate()  # SIGTERM = SHUTDOWN: flushes the append-only file
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.info("embedded redis-server stopped")
+        finally:
+            self._release_data_dir()  # after the server is down: a successor never meets it

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.store.embedded_redis import RedisSupervisor, free_port
+from app.store.embedded_redis import ENDPOINT_FILE, RedisSupervisor, RedisSupervisorError, free_port
 from tests.support.data import REPO_ROOT, speech_files, wav_bytes, wav_name
 from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess
@@ -56,6 +56,31 @@ def test_supervisor_restarts_a_dead_redis_and_persists_on_stop(tmp_path: Path) -
     finally:
         client.close()
         again.stop()
+
+
+def test_one_data_directory_has_one_embedded_redis(tmp_path: Path) -> None:
+    first = RedisSupervisor(tmp_path / "redis")
+    url = first.start()
+    try:
+        second = RedisSupervisor(tmp_path / "redis")
+        with pytest.raises(RedisSupervisorError) as refused:
+            second.start()
+        message = str(refused.value)
+        assert f"pid {os.getpid()}" in message
+        assert f"REDIS_URL={url}" in message  # how to share the running one
+        assert "\n" not in message
+        assert second.pid is None  # no second redis-server on the same files
+        second.stop()  # a refused supervisor leaves the running one's endpoint alone
+        assert (tmp_path / "redis" / ENDPOINT_FILE).read_text().strip() == url
+        assert redis.Redis.from_url(url, socket_timeout=2).ping()
+    finally:
+        first.stop()
+    assert not (tmp_path / "redis" / ENDPOINT_FILE).exists()
+    successor = RedisSupervisor(tmp_path / "redis")  # the lock went with the first
+    try:
+        assert redis.Redis.from_url(successor.start(), socket_timeout=2).ping()
+    finally:
+        successor.stop()
 
 
 def _post_multipart(url: str, fields: dict[str, str], files: list[tuple[str, Path]]) -> tuple[int, dict]:
@@ -150,6 +175,42 @@ def test_serve_with_embedded_redis_keeps_data_across_restarts(tmp_path: Path) ->
         status, body = _get(f"http://127.0.0.1:{port}/speakers/zoe")
         assert status == 200, body
         assert body["utterances"] == 1
+    finally:
+        _stop_serve(proc)
+
+
+def test_a_second_serve_on_the_same_data_refuses_and_leaves_the_first_running(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "model")
+    data_dir = tmp_path / "data"
+    port = free_port()
+    proc = _start_serve(model, data_dir, port)
+    try:
+        endpoint = (data_dir / "redis" / ENDPOINT_FILE).read_text().strip()
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "VOXGATE_REDIS_URL")}
+        env.update({"VOXGATE_DATA_DIR": str(data_dir), "VOXGATE_LOG_JSON": "true"})
+        second = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port()), "--model", str(model)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1
+        (line,) = [json.loads(line) for line in second.stderr.splitlines() if '"ERROR"' in line]
+        assert f"REDIS_URL={endpoint}" in line["msg"]
+        # The first still serves, and the CLI still finds its Redis through the endpoint file.
+        assert (data_dir / "redis" / ENDPOINT_FILE).read_text().strip() == endpoint
+        assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        listed = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "list"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert listed.returncode == 0, listed.stderr
     finally:
         _stop_serve(proc)
 
