@@ -11,8 +11,10 @@ setup-serve:
 setup:
 	@bash scripts/setup.sh test
 
+# The address announced is the one serve binds: VOXGATE_HOST and VOXGATE_PORT, as the settings read them.
 run: setup-serve
-	@echo "run: starting voxgate serve (default http://127.0.0.1:8000; ready when /readyz answers 200; Ctrl-C stops)" >&2
+	@host="$${VOXGATE_HOST:-127.0.0.1}"; case "$$host" in *:*) host="[$$host]";; esac; \
+	echo "run: starting voxgate serve on http://$$host:$${VOXGATE_PORT:-8000} (ready when /readyz answers 200; Ctrl-C stops)" >&2
 	$(VENV)/bin/voxgate serve
 
 test: setup

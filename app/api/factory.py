@@ -45,6 +45,10 @@ channels cancel out (one phase-inverted) is silence, `no_speech`.
 Form fields: `candidates` (and `audio` on `/enroll`) may repeat; any other field given twice is
 **422 `invalid_request`**; a blank field counts as absent.
 
+Times (`created_at`, `updated_at`, `expires_at`) are Unix time: seconds since 1970-01-01T00:00:00Z, as
+a float (the `voxgate` command's tables show the same instants as ISO 8601 UTC; its `--json` output
+gives Unix time, like the API).
+
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
 `request_id`, and `instance`, the path, once the request's headers were read) with a stable `code`:
 `invalid_audio` 400; `missing_api_key`, `invalid_api_key`, `revoked_api_key` 401 (with

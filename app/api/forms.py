@@ -191,7 +191,9 @@ class VerifyForm(Form):
 
 class IdentifyForm(Form):
     audio: AudioFile
-    top_k: Annotated[int, BeforeValidator(_integer_text)] = Field(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
+    top_k: Annotated[int, BeforeValidator(_integer_text)] = Field(
+        DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="How many of the closest speakers `candidates` lists."
+    )
     threshold: Threshold = None
     candidates: Annotated[list[SpeakerId] | None, BeforeValidator(_split_ids)] = Field(
         None,

@@ -17,6 +17,9 @@ from pydantic.json_schema import SkipJsonSchema
 if TYPE_CHECKING:
     from app.engine.selfcheck import SelfCheckResult
 
+# How every time in an answer is given (the CLI's tables show the same instants as ISO 8601 UTC).
+UNIX_TIME = "Unix time: seconds since 1970-01-01T00:00:00Z, a float."
+
 
 class ScoreType(StrEnum):
     """What `score` is: a raw cosine, or AS-Norm against the model's cohort (VOXGATE_SCORE_NORMALIZATION)."""
@@ -125,12 +128,12 @@ class Speaker(_Out):
     speech_seconds: float
     enrolled: bool
     metadata: dict[str, Any]
-    created_at: float = Field(description="Unix time")
-    updated_at: float = Field(description="Unix time")
+    created_at: float = Field(description=f"First enrollment. {UNIX_TIME}")
+    updated_at: float = Field(description=f"Latest enrollment. {UNIX_TIME}")
     expires_at: float | None = Field(
         None,
-        description="Unix time the voiceprint is deleted unless enrolled into or successfully verified "
-        "before (VOXGATE_RETENTION_DAYS); null = kept until deleted.",
+        description="When the voiceprint is deleted unless enrolled into or successfully verified before: "
+        f"its last use plus VOXGATE_RETENTION_DAYS; null = kept until deleted. {UNIX_TIME}",
     )
 
 

@@ -81,10 +81,9 @@ def _fail(message: str) -> int:
 
 # --- voxgate eval --------------------------------------------------------------------------------------
 def _check_plotting() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install 'voxgate[eval]'") from exc
+    from app.accuracy.plots import require_matplotlib
+
+    require_matplotlib()
 
 
 def run_eval(

@@ -14,6 +14,8 @@ covers fails `test_every_readme_command_is_covered`, so a new README command nee
 - ``kubectl apply -k DIR``: DIR is an overlay rendered and validated by tests/deploy/test_deploy.py.
 - ``pip install ./clients/python``: the Python client, which ``make test`` installs from there (its
   ``python`` example is run against a live service by tests/api/test_python_client.py).
+- ``cp -r models/X DIR``: a model directory copied to a place git ignores, which the README's commands
+  that write into a model (``voxgate calibrate``) then name, so none rewrites a tracked file.
 """
 
 from __future__ import annotations
@@ -145,6 +147,10 @@ def _is_bench(c: Command) -> bool:
     return c.tokens[1:3] in (("-m", "bench.bench_engine"),) or c.tokens[1:2] == ("bench/bench_search.py",)
 
 
+def _is_model_copy(c: Command) -> bool:
+    return c.tokens[:2] == ("cp", "-r") and len(c.tokens) == 4 and c.tokens[2].startswith("models/")
+
+
 RULES: dict[str, Callable[[Command], bool]] = {
     "make": _is_make,
     "voxgate": _is_voxgate,
@@ -155,6 +161,7 @@ RULES: dict[str, Callable[[Command], bool]] = {
     "kubectl": _is_kubectl_apply,
     "bench": _is_bench,
     "pip": _is_pip_install,
+    "model_copy": _is_model_copy,
 }
 COMMANDS = readme_commands()
 
@@ -199,6 +206,38 @@ def test_make_command(command: Command) -> None:
         assert expected[target] in dry.stdout
 
 
+@pytest.mark.parametrize(
+    ("env", "announced"),
+    [
+        ({}, "http://127.0.0.1:8000"),
+        ({"VOXGATE_PORT": "9123"}, "http://127.0.0.1:9123"),
+        ({"VOXGATE_HOST": "0.0.0.0", "VOXGATE_PORT": "8080"}, "http://0.0.0.0:8080"),
+        ({"VOXGATE_HOST": "::1"}, "http://[::1]:8000"),
+    ],
+)
+def test_make_run_announces_the_address_serve_binds(env: dict[str, str], announced: str) -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    dry = subprocess.run(
+        [make, "-n", "run"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = dry.stdout.splitlines()
+    # The recipe's announcement (shell lines, joined by backslash-newlines), run as make would run it.
+    first = next(n for n, line in enumerate(lines) if line.startswith("host="))
+    last = next(n for n, line in enumerate(lines) if "starting voxgate serve" in line)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    said = subprocess.run(
+        ["sh", "-c", "\n".join(lines[first : last + 1])],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert f"starting voxgate serve on {announced} " in said.stderr
+
+
 # --- pip install (the Python client) ---------------------------------------------------------------------
 
 
@@ -211,6 +250,30 @@ def test_pip_install_names_the_client_that_make_test_installs(command: Command) 
     assert (target / "pyproject.toml").is_file()
     # make test installs it (editable) from the same folder: the tests run what the README installs.
     assert Path(voxgate_client.__file__).resolve().is_relative_to(target)
+
+
+# --- copies of a model -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", _commands("model_copy"), ids=str)
+def test_model_copy_goes_where_git_does_not_look(command: Command) -> None:
+    source, target = command.tokens[2], command.tokens[3]
+    assert (REPO / source / "manifest.json").is_file(), f"{source} is no model directory"
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git not installed")
+    ignored = subprocess.run([git, "check-ignore", "-q", target], cwd=REPO, timeout=30, check=False)
+    assert ignored.returncode == 0, f"{target} would be committed by accident: copy into an ignored folder"
+
+
+def test_no_readme_command_writes_into_a_tracked_model() -> None:
+    # `voxgate calibrate` and `cohort build` rewrite the model's manifest.json: only ever a copy.
+    copies = {c.tokens[3] for c in _commands("model_copy")}
+    writers = [c for c in _commands("voxgate") if {"calibrate", "cohort"} & set(c.tokens)]
+    assert writers, "the README shows `voxgate calibrate`"
+    for command in writers:
+        model = command.tokens[command.tokens.index("--model") + 1]
+        assert model in copies, f"`{command}` writes into {model}, not into a copy made by `cp -r`"
 
 
 # --- the voxgate command --------------------------------------------------------------------------------
@@ -466,6 +529,18 @@ def test_readme_curl_examples_give_the_answers_shown(live_server: str) -> None:
         return
     for name, answer in answers.items():
         _assert_same_answer(_shown_response(name), answer, name)
+
+
+def test_readme_names_every_form_field_and_the_top_k_bounds() -> None:
+    from app.api.forms import DEFAULT_TOP_K, MAX_TOP_K, EnrollForm, IdentifyForm, VerifyForm
+
+    for form in (EnrollForm, VerifyForm, IdentifyForm):
+        for field in form.model_fields:
+            assert f"`{field}`" in README, f"README does not name the form field {field}"
+    assert (
+        f"`top_k`, how many of the closest speakers `candidates` lists (1 to {MAX_TOP_K}, default " in README
+    )
+    assert f"default {DEFAULT_TOP_K})" in README
 
 
 # --- docs/ that restate code constants ------------------------------------------------------------------

@@ -18,7 +18,7 @@ class IdentifyForm:
     """
     Attributes:
         audio (File):
-        top_k (int | Unset):  Default: 5.
+        top_k (int | Unset): How many of the closest speakers `candidates` lists. Default: 5.
         threshold (float | Unset): Cosine threshold for a match.
         candidates (list[str] | Unset): Restrict the search to these speaker ids (repeat the field or comma-separate).
     """

@@ -22,10 +22,11 @@ class Speaker:
         speech_seconds (float):
         enrolled (bool):
         metadata (SpeakerMetadata):
-        created_at (float): Unix time
-        updated_at (float): Unix time
-        expires_at (float | None): Unix time the voiceprint is deleted unless enrolled into or successfully verified
-            before (VOXGATE_RETENTION_DAYS); null = kept until deleted.
+        created_at (float): First enrollment. Unix time: seconds since 1970-01-01T00:00:00Z, a float.
+        updated_at (float): Latest enrollment. Unix time: seconds since 1970-01-01T00:00:00Z, a float.
+        expires_at (float | None): When the voiceprint is deleted unless enrolled into or successfully verified before:
+            its last use plus VOXGATE_RETENTION_DAYS; null = kept until deleted. Unix time: seconds since
+            1970-01-01T00:00:00Z, a float.
     """
 
     speaker_id: str
