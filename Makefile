@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-serve run test lint bench
+.PHONY: setup setup-serve run test lint bench compose-smoke
 
 setup-serve:
 	@bash scripts/setup.sh serve
@@ -25,3 +25,8 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bench_engine.py
+
+# Builds the CPU image and runs the compose stack for real (Docker, or podman where no Docker engine
+# answers), checks it as a client and removes it again: scripts/compose-smoke.sh. Needs root.
+compose-smoke:
+	@bash scripts/compose-smoke.sh
