@@ -11,10 +11,11 @@
 #     (scripts/compose-smoke/build-base.Dockerfile), which never reaches the runtime image;
 #   - a Redis image from Debian's redis-server (scripts/compose-smoke/redis.Dockerfile) in place of
 #     redis:8.2.2-alpine; scripts/compose-smoke/override.yml, the third compose file, names them.
-# What it checks, in order: the image builds; /readyz; 401 without a key; a key from
-# `compose exec api voxgate keys create`; enroll, verify and identify with examples/audio; voiceprints and
-# keys kept across a restart of the API and one of Redis; `compose stop` ends both with exit status 0;
-# `compose down -v` leaves no container, volume or network. Each wait is bounded.
+# What it checks, in order: the image builds and keeps its HEALTHCHECK; /readyz; the API's and Redis's
+# health checks pass; the API runs as uid 10001, without torch or the host's CA bundle; 401 without a key;
+# a key from `compose exec api voxgate keys create`; enroll, verify and identify with examples/audio;
+# voiceprints and keys kept across a restart of the API and one of Redis; `compose stop` ends both with
+# exit status 0; `compose down -v` leaves no container, volume or network. Each wait and call is bounded.
 #
 # It removes what it started (containers, volumes, networks), on failure and on Ctrl-C too; the images it
 # made stay, so that a second run reuses them and the build's layer cache (VOXGATE_SMOKE_REMOVE_IMAGES=1
@@ -45,7 +46,7 @@ BUILD_TIMEOUT_S=900
 # One compose or engine call that is not a build or a wait (create, restart, stop, down, exec).
 CALL_TIMEOUT_S=120
 
-# The base's tag: the suite and a hash of how it is made (MMDEBSTRAP_ARGS below), set once they are known.
+# The local images (the Debian base's name, with a hash of its recipe, is set below with that recipe).
 export VOXGATE_SMOKE_BUILD_IMAGE=localhost/voxgate-smoke/debian-build:$SUITE
 export VOXGATE_SMOKE_REDIS_IMAGE=localhost/voxgate-smoke/redis:$SUITE
 # The compose files' own variables: a tag of the smoke test's own, the port on loopback only, the
@@ -461,6 +462,9 @@ run_healthcheck redis
 
 phase checks "the image's user and contents, keys, enroll, verify, identify"
 expect "the API's user id (non-root)" 10001 "$(compose exec -T api id -u | tr -d '\r')"
+expect "the host's CA bundle and pip's cert (build stages only) in the image" absent \
+  "$(compose exec -T api sh -c '[ -e /etc/ssl/certs/host-ca.pem ] || [ -e /etc/pip.conf ] && echo present || echo absent' |
+    tr -d '\r')"
 expect "torch in the serving image" absent "$(compose exec -T api python3 -c \
   'import importlib.util; print("present" if importlib.util.find_spec("torch") else "absent")' | tr -d '\r')"
 expect "GET /speakers without a key" 401 "$(http GET /speakers)"
