@@ -33,13 +33,13 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
+from app.core.paths import REPO_ROOT
+from app.core.settings import Settings
 from app.engine.backend import OnnxBackend, available_cpu_cores
 from app.engine.config import BatcherConfig, EngineConfig
 from app.engine.engine import EmbeddingEngine
+from app.engine.manifest import load_manifest
 from app.engine.metrics import EngineMetrics
-from app.manifest import load_manifest
-from app.paths import REPO_ROOT
-from app.settings import Settings
 
 SR = 16000
 Float32Array = npt.NDArray[np.float32]

@@ -78,7 +78,7 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
-from app.admission import TRIM_INTERVAL_S
+from app.engine.admission import TRIM_INTERVAL_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEECH = REPO_ROOT / "tests" / "data" / "speech"
@@ -144,7 +144,7 @@ class Plan:
     request_timeout_s: float = 30.0  # normal traffic (calibration, slow_clients, sigterm)
     settle_max_s: float = 20.0
     # Once idle, the server trims its heap within one trim interval, and again one interval later
-    # (app.admission.HeapTrimmer): "RSS after" is read after both.
+    # (app.engine.admission.HeapTrimmer): "RSS after" is read after both.
     rss_after_wait_s: float = 2 * TRIM_INTERVAL_S + 1.0
 
 

@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--child"]:
         return _child(sys.argv[2:])
     args = _parse(argv)
+    from app.engine.manifest import GRAPH_FILE, load_manifest
     from app.export.quantize import LEVEL_CONDITIONS, load_recordings
-    from app.manifest import GRAPH_FILE, load_manifest
 
     recordings = load_recordings(args.speech)
     rows = []

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.core.paths import REPO_ROOT
 from app.engine.backend import available_cpu_cores
-from app.manifest import GRAPH_FILE
-from app.paths import REPO_ROOT
+from app.engine.manifest import GRAPH_FILE
 from bench.bench_engine import prepare_model, torch_baseline, utterances
 
 

@@ -1,4 +1,4 @@
-"""Fixtures only (helpers live in tests/support.py): the data directories, a real redis-server on a
+"""Fixtures only (helpers live in tests/support/): the data directories, a real redis-server on a
 free port, and the check that the repository's test data is all there before anything is collected."""
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (
-    NEMO_FIXTURES,
-    SPEECH_DIR,
-    RedisProcess,
-    check_test_data,
-    free_port,
-    missing_data_message,
-)
+from tests.support.data import NEMO_FIXTURES, SPEECH_DIR, check_test_data, missing_data_message
+from tests.support.redis_server import RedisProcess, free_port
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -9,15 +9,15 @@ from typing import Annotated, cast
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.admission import Admitted
+from app.access.auth import Caller
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
+from app.api.middleware import ARRIVED_STATE_KEY
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
-from app.audio import check_declared_duration
-from app.auth import Caller
-from app.observability import ARRIVED_STATE_KEY
-from app.speakers import Waiting
-from app.store.keys import SPEAKER_ID_PATTERN
+from app.audio.decode import check_declared_duration
+from app.core.ids import SPEAKER_ID_PATTERN
+from app.engine.admission import Admitted
+from app.engine.engine import Waiting
 
 
 def get_state(request: Request) -> AppState:

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from app.admission import Admission
+from app.access.auth import Gate
 from app.api.forms import Forms
-from app.api.intake import AudioIntake
-from app.auth import Gate
+from app.core.settings import Settings
+from app.engine.admission import Admission
 from app.engine.engine import EmbeddingEngine
-from app.manifest import ModelManifest
-from app.settings import Settings
-from app.speakers import SpeakerOperations
+from app.engine.intake import AudioIntake
+from app.engine.manifest import ModelManifest
+from app.speakers.operations import SpeakerOperations
 from app.store.tenants import TenantIndexes
 
 STATE_KEY = "voxgate"

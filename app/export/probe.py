@@ -1,4 +1,4 @@
-"""The self-check probe every exported bundle carries (checked at start-up by ``app.selfcheck``).
+"""The self-check probe every exported bundle carries (checked at start-up by ``app.engine.selfcheck``).
 
 The probe audio is real speech shipped inside the package (``app/assets/probe/probe.flac``: two
 LibriSpeech utterances, CC BY 4.0, attribution in ``app/assets/probe/README.md``), so an exporter run
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from app.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo, sha256_file
-from app.selfcheck import read_probe_clips
+from app.core.paths import sha256_file
+from app.engine.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo
+from app.engine.selfcheck import read_probe_clips
 
 if TYPE_CHECKING:
     import torch

@@ -73,10 +73,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from app.audio import TARGET_SAMPLE_RATE, decode_audio
-from app.errors import VoxGateError
-from app.export.probe import copy_probe
-from app.manifest import (
+from app.audio.decode import TARGET_SAMPLE_RATE, decode_audio
+from app.core.errors import VoxGateError
+from app.core.paths import sha256_file
+from app.engine.manifest import (
     AUDIO_INPUT,
     GRAPH_FILE,
     LENGTHS_INPUT,
@@ -84,9 +84,9 @@ from app.manifest import (
     QuantizationInfo,
     ValidationHost,
     load_manifest,
-    sha256_file,
     write_manifest,
 )
+from app.export.probe import copy_probe
 
 log = logging.getLogger(__name__)
 

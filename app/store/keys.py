@@ -6,42 +6,7 @@ the model key (``ModelManifest.model_key()``), so embeddings of different models
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-
-from app.errors import InvalidSpeakerId
-
-# No ':' (the key separator), no spaces or control characters; short enough for logs and keys.
-SPEAKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
-_SPEAKER_ID_RE = re.compile(SPEAKER_ID_PATTERN)
-# Tenant names: the same alphabet as ids but no '@'; they start with a letter or digit ('_' names are
-# the service's own, e.g. the audit stream of requests that named no valid key).
-TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_TENANT_RE = re.compile(TENANT_PATTERN)
-UNAUTHENTICATED_TENANT = "_unauthenticated"
-
-
-def validate_tenant(tenant: str) -> str:
-    if not _TENANT_RE.fullmatch(tenant):
-        raise ValueError(
-            "a tenant name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )
-    return tenant
-
-
-def invalid_speaker_id() -> InvalidSpeakerId:
-    """The one error for a malformed speaker id, wherever it was given (form, path, query)."""
-    return InvalidSpeakerId(
-        "speaker_id must be 1-128 characters of letters, digits, '_', '.', '@' or '-', "
-        "starting with a letter or digit",
-        pattern=SPEAKER_ID_PATTERN,
-    )
-
-
-def validate_speaker_id(speaker_id: str) -> str:
-    if not _SPEAKER_ID_RE.fullmatch(speaker_id):
-        raise invalid_speaker_id()
-    return speaker_id
 
 
 @dataclass(frozen=True)
@@ -120,6 +85,33 @@ class KeySchema:
 
 def tenants_key(namespace: str) -> str:
     return f"{namespace}:tenants"
+
+
+def tenant_keys_pattern(namespace: str, tenant: str) -> str:
+    """SCAN pattern of every key of one tenant (voiceprints, data keys, audit streams)."""
+    return f"{KeySchema(namespace, tenant, '-').tenant_prefix}:*"
+
+
+def voiceprint_keys_pattern(namespace: str) -> str:
+    """SCAN pattern of every voiceprint hash, all tenants and models."""
+    return f"{namespace}:*:spk:*"
+
+
+def parse_voiceprint_key(namespace: str, key: str) -> tuple[str, str, str]:
+    """(tenant, model key, speaker id) of a key that ``voiceprint_keys_pattern`` found."""
+    tenant, rest = key[len(namespace) + 1 :].split(":", 1)
+    model_key, speaker_id = rest.rsplit(":spk:", 1)
+    return tenant, model_key, speaker_id
+
+
+def data_keys_pattern(namespace: str) -> str:
+    """SCAN pattern of every tenant's data-key hash."""
+    return f"{namespace}:*:datakeys"
+
+
+def tenant_of_data_keys(namespace: str, key: str) -> str:
+    """The tenant of a key that ``data_keys_pattern`` found."""
+    return key[len(namespace) + 1 : -len(":datakeys")]
 
 
 def api_key_key(namespace: str, key_id: str) -> str:

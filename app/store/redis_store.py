@@ -6,7 +6,7 @@ cosine scoring needs — is the direction of the sum. Key layout: ``app.store.ke
 docs/redis-schema.md.
 
 With a key-encryption key configured (``app.store.vault``), the sum and the metadata are sealed
-(``app.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
+(``app.core.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
 so an enrollment then reads, adds and writes back under a revision check (optimistic concurrency,
 retried). Retention: every enrollment and every successful verification moves a speaker's expiry
 (``expires_at``; the ``expiry`` sorted set lets ``sweep_expired`` find the ones whose time has come).
@@ -24,22 +24,19 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
-import redis.exceptions as redis_exc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from app.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
-from app.errors import StoreUnavailable
+from app.core.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
+from app.core.errors import StoreUnavailable
+from app.core.vectors import l2_normalize
+from app.store.connection import redis_client, redis_errors, reply_text
 from app.store.keys import KeySchema
 from app.store.vault import Vault
-from app.vectors import l2_normalize
 
 # Changes kept in the stream for replicas to replay; a replica further behind reloads everything.
 DEFAULT_CHANGES_MAXLEN = 100_000
@@ -217,38 +214,6 @@ class SyncPoint:
     epoch: str | None = None
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"unexpected Redis reply {type(value).__name__}")
-
-
-def redis_client(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
-    """The service's Redis client. Short timeouts: a dead Redis must turn into a quick 503, not a hung
-    request. A command that meets a connection Redis closed (it restarted) is retried once on a fresh
-    connection, so the first request after Redis is back succeeds; a timeout is not retried."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=10,
-        decode_responses=False,
-        retry=Retry(NoBackoff(), retries=1),
-        retry_on_error=[redis_exc.ConnectionError],
-    )
-
-
-@asynccontextmanager
-async def redis_errors() -> AsyncIterator[None]:
-    """Map driver connection failures to ``StoreUnavailable`` (the one place that does it)."""
-    try:
-        yield
-    except (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
-
-
 class RedisVoiceprintStore:
     def __init__(
         self,
@@ -408,7 +373,7 @@ class RedisVoiceprintStore:
             afresh = "1" if stored is not None and old is None else ""
             async with redis_errors():
                 reply = await self._enroll_set(
-                    keys=keys, args=[sealed, _text(rev) if rev else "0", *shared, afresh]
+                    keys=keys, args=[sealed, reply_text(rev) if rev else "0", *shared, afresh]
                 )
             if int(reply[0]) >= 0:
                 version, total, speech, created = reply
@@ -429,7 +394,7 @@ class RedisVoiceprintStore:
     async def delete_everywhere(self, speaker_id: str) -> list[str]:
         """Delete the speaker under every model of the tenant; returns the model keys it was under."""
         async with redis_errors():
-            model_keys = {_text(m) for m in await self.client.smembers(self.keys.models)}
+            model_keys = {reply_text(m) for m in await self.client.smembers(self.keys.models)}
             model_keys.add(self.keys.model_key)
             deleted: list[str] = []
             for model_key in sorted(model_keys):
@@ -450,7 +415,7 @@ class RedisVoiceprintStore:
         now = time.time() if now is None else now
         async with redis_errors():
             due = [
-                _text(r)
+                reply_text(r)
                 for r in await self.client.zrangebyscore(self.keys.expiry, "-inf", now, start=0, num=limit)
             ]
             return [sid for sid in due if await self._delete_one(self.keys, sid, expired_before=now)]
@@ -458,7 +423,7 @@ class RedisVoiceprintStore:
     async def other_models_with(self, speaker_id: str) -> list[str]:
         """Model keys (other than ours) under which this speaker id is enrolled."""
         async with redis_errors():
-            model_keys = sorted(_text(m) for m in await self.client.smembers(self.keys.models))
+            model_keys = sorted(reply_text(m) for m in await self.client.smembers(self.keys.models))
             found = []
             for model_key in model_keys:
                 if model_key == self.keys.model_key:
@@ -470,7 +435,7 @@ class RedisVoiceprintStore:
     async def model_keys(self) -> list[str]:
         """Every model key with stored speakers in this tenant."""
         async with redis_errors():
-            return sorted(_text(m) for m in await self.client.smembers(self.keys.models))
+            return sorted(reply_text(m) for m in await self.client.smembers(self.keys.models))
 
     async def count(self) -> int:
         """Speakers under this model, without those that expired and are not swept yet."""
@@ -496,7 +461,7 @@ class RedisVoiceprintStore:
         lo = f"({after}" if after else "-"
         async with redis_errors():
             raw: Any = await self.client.zrange(self.keys.speakers, lo, "+", bylex=True, offset=0, num=limit)
-        return [_text(r) for r in raw]
+        return [reply_text(r) for r in raw]
 
     async def get_many(self, speaker_ids: list[str]) -> list[Voiceprint]:
         if not speaker_ids:
@@ -544,7 +509,9 @@ class RedisVoiceprintStore:
             pipe.get(self.keys.epoch)
             raw_version, last, epoch = await pipe.execute()
         stream_id = last[0][0].decode() if last else None
-        return SyncPoint(int(raw_version) if raw_version else 0, stream_id, _text(epoch) if epoch else None)
+        return SyncPoint(
+            int(raw_version) if raw_version else 0, stream_id, reply_text(epoch) if epoch else None
+        )
 
     async def changes_after(self, stream_id: str | None, limit: int = 10_000) -> list[Change]:
         lo = f"({stream_id}" if stream_id else "-"
@@ -552,13 +519,13 @@ class RedisVoiceprintStore:
             entries: Any = await self.client.xrange(self.keys.changes, lo, "+", count=limit)
         changes = []
         for entry_id, fields in entries:
-            op = _text(fields[b"op"])
+            op = reply_text(fields[b"op"])
             changes.append(
                 Change(
                     version=int(fields[b"v"]),
                     op="delete" if op == "delete" else "upsert",
-                    speaker_id=_text(fields[b"id"]),
-                    stream_id=_text(entry_id),
+                    speaker_id=reply_text(fields[b"id"]),
+                    stream_id=reply_text(entry_id),
                 )
             )
         return changes

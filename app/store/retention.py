@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.periodic import Periodic
+from app.core.periodic import Periodic
+from app.store.connection import redis_errors
 from app.store.keys import KeySchema
-from app.store.redis_store import RedisVoiceprintStore, redis_errors
+from app.store.redis_store import RedisVoiceprintStore
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import CallerDep, RequestId, SpeakerIdPath, State
 from app.api.routes.openapi import problems
 from app.api.schemas import DeleteResponse, Speaker, SpeakerPage
-from app.store.keys import SPEAKER_ID_PATTERN
+from app.core.ids import SPEAKER_ID_PATTERN
 
 router = APIRouter(prefix="/speakers", tags=["speakers"])
 

@@ -1,0 +1,124 @@
+"""Everything a running app holds besides the engine, built and torn down in one place: the Redis store
+and vault, the tenants' indexes and their sync, retention, decoding, admission, and the request gate
+(keys, rate limits, audit). ``app.api.factory``'s lifespan enters ``open_state`` and yields what it gives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from prometheus_client import CollectorRegistry
+
+from app.access.audit import AuditLog
+from app.access.auth import ApiKeys, Gate
+from app.access.ratelimit import RateLimiter
+from app.api.forms import Forms
+from app.api.state import AppState
+from app.core.crypto import KeyEncryptionKey
+from app.core.errors import StoreUnavailable
+from app.core.settings import Settings, is_loopback
+from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
+from app.engine.engine import EmbeddingEngine
+from app.engine.intake import AudioIntake
+from app.speakers.operations import SpeakerOperations
+from app.speakers.policy import Policy
+from app.store.connection import redis_errors
+from app.store.keys import KeySchema
+from app.store.redis_store import RedisVoiceprintStore
+from app.store.retention import RetentionSweeper
+from app.store.tenants import REDIS_STARTUP_TIMEOUT_S, TenantIndexes
+
+log = logging.getLogger(__name__)
+
+
+def voiceprint_kek(settings: Settings) -> KeyEncryptionKey | None:
+    """The key-encryption key of the settings (``CryptoError`` when it is malformed), or None."""
+    if settings.voiceprint_key is None:
+        return None
+    return KeyEncryptionKey.from_text(settings.voiceprint_key.get_secret_value())
+
+
+async def _verify_vault(store: RedisVoiceprintStore) -> None:
+    """The store's encryption and this replica's key agree, or start-up fails (waits for Redis)."""
+    deadline = time.monotonic() + REDIS_STARTUP_TIMEOUT_S
+    while True:
+        try:
+            async with redis_errors():
+                await store.vault.verify()
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+@asynccontextmanager
+async def open_state(
+    settings: Settings, engine: EmbeddingEngine, forms: Forms, registry: CollectorRegistry
+) -> AsyncIterator[AppState]:
+    if settings.redis_url is None:
+        raise ValueError(
+            "settings.redis_url is unset: `voxgate serve` starts an embedded Redis, tests pass one"
+        )
+    if not settings.auth_required and not is_loopback(settings.host):
+        log.warning(
+            "VOXGATE_AUTH=off on %s: every voiceprint can be read, changed and deleted by anyone who reaches "
+            "the port",
+            settings.host,
+        )
+    manifest = engine.manifest
+    async with AsyncExitStack() as stack:
+        intake = AudioIntake(workers=settings.decode_workers, max_seconds=settings.max_audio_seconds)
+        stack.callback(intake.close)
+        store = RedisVoiceprintStore.from_url(
+            settings.redis_url,
+            KeySchema(settings.redis_namespace, settings.tenant, manifest.model_key()),
+            manifest.embedding_dim,
+            kek=voiceprint_kek(settings),
+            retention_s=settings.retention_s,
+        )
+        stack.push_async_callback(store.close)
+        await _verify_vault(store)
+        tenants = TenantIndexes(store, settings.index_sync_interval_s)
+        stack.push_async_callback(tenants.stop)
+        await tenants.start(settings.tenant)
+        sweeper = RetentionSweeper(store)
+        sweeper.start()
+        stack.push_async_callback(sweeper.stop)
+        budget = MemoryBudget(settings.request_memory_bytes)
+        trimmer = HeapTrimmer(budget)
+        trimmer.start()
+        stack.push_async_callback(trimmer.stop)
+        client, ns = store.client, settings.redis_namespace
+        gate = Gate(
+            ApiKeys(client, ns),
+            RateLimiter(client, ns, settings.rate_limit_rps, settings.rate_limit_burst),
+            AuditLog(client, ns, settings.audit_max_events),
+            required=settings.auth_required,
+            open_tenant=settings.tenant,
+        )
+        state = AppState(
+            settings=settings,
+            engine=engine,
+            tenants=tenants,
+            speakers=SpeakerOperations(engine, tenants, Policy.from_settings(settings, manifest)),
+            forms=forms,
+            admission=Admission(engine, budget, settings.max_queue_wait_s),
+            intake=intake,
+            gate=gate,
+            registry=registry,
+        )
+        log.info(
+            "voxgate ready",
+            extra={
+                "model": manifest.model_key(),
+                "provider": engine.provider,
+                "speakers": tenants.indexed_speakers(),
+                "auth": "required" if settings.auth_required else "off",
+                "encrypted": store.vault.enabled,
+            },
+        )
+        yield state
