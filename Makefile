@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-serve run test lint bench client
+.PHONY: setup setup-serve run test lint bench client compose-smoke
 
 setup-serve:
 	@bash scripts/setup.sh serve
@@ -32,3 +32,8 @@ bench: setup
 # Regenerate the Python client (clients/python) from the service's OpenAPI document.
 client: setup
 	$(PY) scripts/python_client.py
+
+# Builds the CPU image and runs the compose stack for real (Docker, or podman where no Docker engine
+# answers), checks it as a client and removes it again: scripts/compose-smoke.sh. Needs root.
+compose-smoke:
+	@bash scripts/compose-smoke.sh

@@ -148,7 +148,7 @@ def _energy_vad() -> Callable[[np.ndarray], float] | None:
 def _work_peak_mb(seconds: int) -> float | None:
     """Peak resident memory a VAD call adds for ``seconds`` of noise (Linux: VmHWM after a reset)."""
     code = (
-        "import numpy as np\nfrom app.audio import vad\nvad.load()\n"
+        "import numpy as np\nfrom app.audio import vad\n"
         f"x = (0.1 * np.random.default_rng(0).standard_normal({seconds} * 16000)).astype(np.float32)\n"
         "vad.speech_seconds(x[:16000])\n"
         "def status(k):\n"

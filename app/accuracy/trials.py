@@ -1,9 +1,9 @@
 """Trials files, and embedding their recordings as the service does.
 
-Files are embedded through the service's own path: ``app.audio.recording.decode_recording``
-(decoding and the VAD), the speech gate of ``app.speakers.policy.Policy``, and
-``EmbeddingEngine.embed_recordings`` on a running engine (its batcher, segmenting and padding), so
-``voxgate eval`` scores are the scores ``/verify`` answers for the same pair of files.
+Files are embedded through the service's own path: ``app.audio.recording.decode_recording``, then
+``EmbeddingEngine.analyze`` on a running engine (speech detection, the speech gate of
+``app.speakers.policy.Policy``, the batcher, segmenting and padding), so ``voxgate eval`` scores are the
+scores ``/verify`` answers for the same pair of files.
 """
 
 from __future__ import annotations
@@ -118,16 +118,16 @@ async def embed_files(
                 recording = await asyncio.to_thread(
                     _decode, root / name, limits.max_audio_seconds, limits.max_upload_bytes
                 )
-                item.speech_seconds = recording.speech_seconds
-                policy.check_speech(recording)
                 waiting = Waiting(deadline=time.monotonic() + timeout_s)
-                (item.embedding,) = await engine.embed_recordings(
-                    [recording], waiting, drop_non_speech=drop_non_speech
+                (found,), (item.embedding,) = await engine.analyze(
+                    [recording], waiting, gate=policy.speech_gate, drop_non_speech=drop_non_speech
                 )
+                item.speech_seconds = found.speech_seconds
             except OSError as exc:
                 item.refused, item.detail = "unreadable", str(exc)
             except VoxGateError as exc:
                 item.refused, item.detail = exc.code, exc.detail
+                item.speech_seconds = float(exc.extra.get("speech_seconds", 0.0))
         result.files[name] = item
         bar.update(1)
 

@@ -1,22 +1,21 @@
 """Voice activity detection: where in a waveform someone speaks, and how many seconds of it are speech.
 
-A neural VAD, Silero VAD v6 (MIT, ``app/assets/vad/``: the 16 kHz "sequence" ONNX graph of PyPI
-``silero-vad`` 6.2.3), run on the service's own ONNX Runtime (no torch). The graph gives one speech
-probability per 32 ms frame (512 samples at 16 kHz, each preceded by the previous frame's last 64
-samples, with the LSTM state carried from frame to frame); it runs ``FRAMES_PER_CALL`` frames per
-``session.run`` and carries the state across calls: on the development speech that gives exactly the
-probabilities of Silero's frame-by-frame graph (``app/assets/vad/README.md``). The probabilities become
-speech regions with Silero's own rules (``get_speech_timestamps``: speech starts at p >= 0.5, ends after
-100 ms below 0.35, regions of 250 ms or less are dropped, 30 ms of padding each side).
+A neural VAD, Silero VAD v6 (MIT, ``app/assets/vad/``), run on the service's own ONNX Runtime (no torch).
+The network gives one speech probability per 32 ms frame (512 samples at 16 kHz, each preceded by the
+previous frame's last 64 samples, with the LSTM state carried from frame to frame). ``SpeechModel`` runs
+it on a batch of recordings at once: the batched graph (derived from Silero's "sequence" graph by
+``scripts/derive_batched_vad.py``, two reshapes, every number computed as before) takes up to
+``FRAMES_PER_CALL`` frames of every recording per ``session.run`` and carries each recording's state
+across calls. On the development speech it gives exactly the probabilities of Silero's frame-by-frame
+graph (``app/assets/vad/README.md``; tests/audio/test_vad.py). The probabilities become speech regions
+with Silero's own rules (``get_speech_timestamps``: speech starts at p >= 0.5, ends after 100 ms below
+0.35, regions of 250 ms or less are dropped, 30 ms of padding each side).
 
-Unlike the energy VAD it replaced, it tells speech from noise, music, tones and hum: those give no
-speech regions, so the API refuses them (``no_speech``) and a recording that is mostly noise counts
-only its speech. Measurements (docs/accuracy.md): about 2-3 ms of CPU per second of audio on one thread;
-the work memory of a call is ~4 MB whatever the recording's length (bounded by ``FRAMES_PER_CALL``; the
-session has no memory arena, so it is given back after each call).
-
-Everything here is blocking CPU work (callers run it in the decode pool). One session is shared by every
-thread: ONNX Runtime sessions may run concurrently, and each call carries its own recurrent state.
+It tells speech from noise, music, tones and hum: those give no speech regions, so the API refuses them
+(``no_speech``) and a recording that is mostly noise counts only its speech. The service runs it in the
+inference engine, batched across the recordings of concurrent requests on the embedding graph's
+execution provider (``app.engine.speech``); ``speech_regions`` here is the same model on one CPU thread,
+for tools and tests. About 1.9 ms of CPU per second of audio whatever the batch (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,9 +35,12 @@ SAMPLE_RATE = 16000
 FRAME_SAMPLES = 512  # 32 ms: the graph's frame
 CONTEXT_SAMPLES = 64  # the previous frame's tail, prepended to each frame
 STATE_SIZE = 128
-# Frames per session.run: 128 frames = 4.1 s of audio, ~4.5 MB of work memory, 1.9 ms per second of
-# audio (256 frames: ~8.6 MB, no faster; 64 frames: 2.5 ms per second).
-FRAMES_PER_CALL = 128
+# Frames of all recordings together per session.run, which bounds a call's work memory (~4.5 MB for
+# 128 frames of one recording); one recording gets at most 128 frames a call (256: no faster, 64: 2.5
+# instead of 1.9 ms per second of audio), a batch of 32 recordings 64 each.
+FRAMES_PER_CALL = 2048
+MAX_FRAMES_PER_RECORDING_CALL = 128
+MIN_FRAMES_PER_RECORDING_CALL = 16
 
 # Silero's get_speech_timestamps defaults.
 THRESHOLD = 0.5
@@ -46,7 +49,7 @@ MIN_SPEECH_SECONDS = 0.25
 MIN_SILENCE_SECONDS = 0.1
 PAD_SECONDS = 0.03
 
-MODEL_FILE = "silero_vad_16k_sequence.onnx"
+MODEL_FILE = "silero_vad_16k_batched.onnx"
 
 Region = tuple[int, int]  # [start, end) in samples
 
@@ -55,35 +58,90 @@ def model_path() -> Path:
     return Path(str(resources.files("app.assets").joinpath("vad", MODEL_FILE)))
 
 
-class _Session:
-    """The one ONNX Runtime session, created on first use (or by ``load``)."""
+def frames_of(n_samples: int) -> int:
+    """Frames the VAD gives for ``n_samples`` (the last one zero-padded)."""
+    return -(-n_samples // FRAME_SAMPLES)
+
+
+class SpeechModel:
+    """The VAD network in one ONNX Runtime session, on a batch of recordings per call.
+
+    ``providers`` and ``options`` as ONNX Runtime takes them (the engine passes its own, so the VAD runs
+    where the embedding graph does); by default one CPU thread without a memory arena (each call's work
+    memory is given back when it returns). Safe to call from several threads at once: each call carries
+    its own recurrent state."""
+
+    def __init__(self, providers: Sequence[Any] = ("CPUExecutionProvider",), options: Any = None) -> None:
+        import onnxruntime as ort
+
+        if options is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.enable_cpu_mem_arena = False
+            options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(model_path()), sess_options=options, providers=list(providers)
+        )
+        self.provider: str = self._session.get_providers()[0]
+
+    def probabilities(self, audio: Float32Array, lengths: Sequence[int]) -> Float32Array:
+        """[B, T] speech probabilities of a zero-padded batch ``audio`` [B, N] of recordings with true
+        ``lengths``; T frames cover the longest, and a row's frames past its own length are meaningless."""
+        batch, width = audio.shape
+        n_frames = frames_of(max(lengths, default=0))
+        out = np.zeros((batch, n_frames), dtype=np.float32)
+        if n_frames == 0 or batch == 0:
+            return out
+        per_call = max(
+            MIN_FRAMES_PER_RECORDING_CALL, min(MAX_FRAMES_PER_RECORDING_CALL, FRAMES_PER_CALL // batch)
+        )
+        h = np.zeros((1, batch, STATE_SIZE), dtype=np.float32)
+        c = np.zeros((1, batch, STATE_SIZE), dtype=np.float32)
+        # Work memory of one call, whatever the recordings' length: the frames of one block of calls.
+        block = np.zeros((batch, per_call, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
+        piece = np.zeros((batch, per_call * FRAME_SAMPLES), dtype=np.float32)
+        context = np.zeros((batch, CONTEXT_SAMPLES), dtype=np.float32)
+        for first in range(0, n_frames, per_call):
+            count = min(per_call, n_frames - first)
+            start, end = first * FRAME_SAMPLES, (first + count) * FRAME_SAMPLES
+            chunk = piece[:, : end - start]
+            chunk[:] = 0.0
+            taken = max(0, min(width, end) - start)
+            chunk[:, :taken] = audio[:, start : start + taken]
+            for row, n in enumerate(lengths):  # zero past each recording's end (its last frame padded)
+                if n < end:
+                    chunk[row, max(0, n - start) :] = 0.0
+            frames = chunk.reshape(batch, count, FRAME_SAMPLES)
+            rows = block[:, :count]
+            rows[:, :, CONTEXT_SAMPLES:] = frames
+            rows[:, 1:, :CONTEXT_SAMPLES] = frames[:, :-1, -CONTEXT_SAMPLES:]
+            rows[:, 0, :CONTEXT_SAMPLES] = context
+            context = frames[:, -1, -CONTEXT_SAMPLES:].copy()
+            feed = np.ascontiguousarray(rows).reshape(batch * count, CONTEXT_SAMPLES + FRAME_SAMPLES)
+            probs, h, c = self._session.run(["speech_probs", "hn", "cn"], {"input": feed, "h": h, "c": c})
+            out[:, first : first + count] = np.asarray(probs, dtype=np.float32).reshape(batch, count)
+        return out
+
+    def regions(self, audio: Float32Array, lengths: Sequence[int]) -> list[list[Region]]:
+        """Each recording's speech regions (see ``regions_from_probabilities``)."""
+        probs = self.probabilities(audio, lengths)
+        return [regions_from_probabilities(probs[row, : frames_of(n)], n) for row, n in enumerate(lengths)]
+
+
+class _Default:
+    """The one-thread CPU model of ``speech_probabilities`` / ``speech_regions``, made on first use."""
 
     _lock = threading.Lock()
-    _session: object | None = None
+    _model: SpeechModel | None = None
 
     @classmethod
-    def get(cls) -> object:
-        if cls._session is None:
+    def get(cls) -> SpeechModel:
+        if cls._model is None:
             with cls._lock:
-                if cls._session is None:
-                    import onnxruntime as ort
-
-                    options = ort.SessionOptions()
-                    options.intra_op_num_threads = 1  # each decode thread runs its own call
-                    options.inter_op_num_threads = 1
-                    # Without an arena each call's work memory is freed when it returns: the decode
-                    # pool's memory stays what app.engine.admission budgets, not the largest call ever seen.
-                    options.enable_cpu_mem_arena = False
-                    options.log_severity_level = 3
-                    cls._session = ort.InferenceSession(
-                        str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-                    )
-        return cls._session
-
-
-def load() -> None:
-    """Create the session now (start-up), so a missing or broken VAD graph stops the service early."""
-    _Session.get()
+                if cls._model is None:
+                    cls._model = SpeechModel()
+        return cls._model
 
 
 def _check_rate(sample_rate: int) -> None:
@@ -94,31 +152,8 @@ def _check_rate(sample_rate: int) -> None:
 def speech_probabilities(waveform: Float32Array, sample_rate: int = SAMPLE_RATE) -> npt.NDArray[np.float32]:
     """One speech probability per 32 ms frame (the last frame zero-padded)."""
     _check_rate(sample_rate)
-    audio = np.asarray(waveform, dtype=np.float32).reshape(-1)
-    n_frames = -(-audio.size // FRAME_SAMPLES)
-    probs = np.empty(n_frames, dtype=np.float32)
-    if n_frames == 0:
-        return probs
-    session = _Session.get()
-    h = np.zeros((1, 1, STATE_SIZE), dtype=np.float32)
-    c = np.zeros((1, 1, STATE_SIZE), dtype=np.float32)
-    context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
-    block = np.empty((FRAMES_PER_CALL, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
-    for first in range(0, n_frames, FRAMES_PER_CALL):
-        count = min(FRAMES_PER_CALL, n_frames - first)
-        piece = audio[first * FRAME_SAMPLES : (first + count) * FRAME_SAMPLES]
-        rows = block[:count]
-        if piece.size == count * FRAME_SAMPLES:
-            frames = piece.reshape(count, FRAME_SAMPLES)
-        else:  # the last frame of the recording, zero-padded
-            frames = np.zeros((count, FRAME_SAMPLES), dtype=np.float32)
-            frames.reshape(-1)[: piece.size] = piece
-        rows[:, CONTEXT_SAMPLES:] = frames
-        rows[0, :CONTEXT_SAMPLES] = context
-        rows[1:, :CONTEXT_SAMPLES] = frames[:-1, -CONTEXT_SAMPLES:]
-        context = frames[-1, -CONTEXT_SAMPLES:].copy()
-        out, h, c = session.run(["speech_probs", "hn", "cn"], {"input": rows, "h": h, "c": c})  # type: ignore[attr-defined]
-        probs[first : first + count] = np.asarray(out, dtype=np.float32).reshape(-1)
+    audio = np.asarray(waveform, dtype=np.float32).reshape(1, -1)
+    probs: Float32Array = _Default.get().probabilities(audio, [audio.shape[1]])[0]
     return probs
 
 

@@ -151,6 +151,21 @@ def resolve_providers(requested: Sequence[ProviderName] | str) -> list[str]:
     return chosen
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """How every session of the engine runs (the embedding graph and the VAD)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ONNX Runtime's CPU threads otherwise spin after each batch, taking the cores the event loop and
+    # the decoding threads need: at twice the sustainable load, 429 p99 35 vs 43 ms and 5 % more
+    # throughput without spinning (bench_load overload, 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: ORT's warnings about shape inference are noise here
+    return options
+
+
 class OnnxBackend:
     """One ONNX Runtime session over a VoxGate graph (``audio``, ``lengths`` -> ``embedding``)."""
 
@@ -174,16 +189,7 @@ class OnnxBackend:
         self._dim = manifest.embedding_dim
         chosen = resolve_providers(providers)
         threads = intra_op_threads or available_cpu_cores()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime's CPU threads otherwise spin after each batch, taking the cores the event loop and
-        # the decoding threads need: at twice the sustainable load, 429 p99 35 vs 43 ms and 5 % more
-        # throughput without spinning (bench_load overload, 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: ORT's warnings about shape inference are noise here
+        options = session_options(threads)
         self._max_samples = max_samples
         self._measured_samples_per_s: float | None = None
         self._warm_samples = 0  # the largest batch (samples, all rows) the warm-up ran

@@ -161,6 +161,7 @@ class DynamicBatcher:
         metrics: EngineMetrics,
         *,
         warmup: Callable[[], object] | None = None,
+        initial_samples_per_s: float = INITIAL_SAMPLES_PER_S,
     ) -> None:
         self._backend = backend
         self._config = config
@@ -175,7 +176,7 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
         self._seconds_per_item = 0.05  # running estimate, for Retry-After
-        self._samples_per_s = INITIAL_SAMPLES_PER_S  # running estimate of the backend's throughput
+        self._samples_per_s = initial_samples_per_s  # running estimate of the backend's throughput
         self.batches_run = 0
 
     # --- state -----------------------------------------------------------------------------------

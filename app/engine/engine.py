@@ -7,15 +7,16 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from app.audio.recording import Recording
-from app.audio.vad import Region, speech_only
+from app.audio import vad
+from app.audio.recording import Recording, SpeechGate
+from app.audio.vad import Region
 from app.core.errors import (
     DeadlineExceeded,
     EngineUnavailable,
@@ -33,6 +34,7 @@ from app.engine.manifest import ModelManifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
 from app.engine.selfcheck import SelfCheckResult, run_selfcheck
+from app.engine.speech import SpeechBackend, regions_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ MIN_SECONDS = 0.1
 AVERAGE_REQUEST_SECONDS = 5.0
 # Segment planning (VAD over the whole recording) moves off the event loop above this length.
 INLINE_PLAN_MAX_SAMPLES = 16000 * 30
+# Recordings per speech-detection batch (the VAD's work memory grows with it; see app.audio.vad).
+SPEECH_MAX_BATCH = 64
+# Speech detection's throughput until measured: 100x real time (one CPU thread does about 500x).
+SPEECH_INITIAL_SAMPLES_PER_S = 100.0 * 16000
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class EmbeddingEngine:
         max_audio_seconds: float = 300.0,
         metrics: EngineMetrics | None = None,
         model_dir: Path | None = None,  # the bundle, whose probe the start-up self-check embeds
+        speech: SpeechBackend | None = None,  # the VAD; by default on one CPU thread
     ) -> None:
         self.manifest = manifest
         self.backend = backend
@@ -93,6 +100,23 @@ class EmbeddingEngine:
             self.selfcheck = run_selfcheck(backend, manifest, model_dir)  # raises: start-up fails
 
         self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=start_up)
+        speech = speech or SpeechBackend(vad.SpeechModel())
+        self.speech_provider = speech.provider
+
+        def start_speech() -> None:
+            if warmup:
+                speech.warmup(max_batch_size=0, max_samples=0, max_batch_samples=0)
+                self._speech.assume_throughput(speech.measured_samples_per_s)
+
+        speech_config = replace(self.config, max_batch_size=SPEECH_MAX_BATCH)
+        speech_metrics = EngineMetrics(self.metrics.registry, prefix="voxgate_vad")
+        self._speech = DynamicBatcher(
+            speech,
+            speech_config,
+            speech_metrics,
+            warmup=start_speech,
+            initial_samples_per_s=SPEECH_INITIAL_SAMPLES_PER_S,
+        )
         # Running average of the padded samples one embed() call brings (admission counts requests
         # whose audio is still being decoded at this size).
         self._request_samples = float(AVERAGE_REQUEST_SECONDS * manifest.sample_rate)
@@ -114,6 +138,7 @@ class EmbeddingEngine:
         cls, config: EngineConfig, *, registry: CollectorRegistry | None = None
     ) -> EmbeddingEngine:
         backend = OnnxBackend.from_config(config)
+        speech = SpeechBackend.from_options(config.backend)
         return cls(
             backend,
             backend.manifest,
@@ -123,6 +148,7 @@ class EmbeddingEngine:
             max_audio_seconds=config.max_audio_seconds,
             metrics=EngineMetrics(registry),
             model_dir=config.model_dir,
+            speech=speech,
         )
 
     # --- state -----------------------------------------------------------------------------------
@@ -132,16 +158,18 @@ class EmbeddingEngine:
 
     @property
     def ready(self) -> bool:
-        return self._started and self._batcher.ready
+        return self._started and self._batcher.ready and self._speech.ready
 
     def queue_depth(self) -> int:
         return self._batcher.depth()
 
     def expected_wait_s(self, *, extra_samples: int = 0, extra_requests: int = 0) -> float:
-        """Seconds until the engine would be through its queue plus ``extra_samples`` of audio and
-        ``extra_requests`` requests of average size, at its recent throughput."""
-        samples = self._batcher.backlog_samples() + extra_samples + extra_requests * self._request_samples
-        return float(samples / self._batcher.samples_per_second)
+        """Seconds until the engine would be through its queues (speech detection, then embedding) plus
+        ``extra_samples`` of audio and ``extra_requests`` requests of average size, at their recent
+        throughputs."""
+        coming = extra_samples + extra_requests * self._request_samples
+        speech = (self._speech.backlog_samples() + coming) / self._speech.samples_per_second
+        return float(speech + (self._batcher.backlog_samples() + coming) / self._batcher.samples_per_second)
 
     @property
     def batches_run(self) -> int:
@@ -150,14 +178,17 @@ class EmbeddingEngine:
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Warm up on the worker thread (the loop keeps serving), then accept requests."""
-        started = self._batcher.start()
-        await asyncio.wrap_future(started)
+        await asyncio.gather(
+            asyncio.wrap_future(self._speech.start()), asyncio.wrap_future(self._batcher.start())
+        )
         self._started = True
         log.info("inference engine started", extra={"provider": self.provider, "model": self.manifest.name})
 
     async def stop(self) -> None:
         """Refuse new requests, finish the accepted ones, stop the worker."""
+        self._speech.stop()
         self._batcher.stop()
+        await asyncio.to_thread(self._speech.join)
         await asyncio.to_thread(self._batcher.join)
         self._started = False
 
@@ -200,11 +231,7 @@ class EmbeddingEngine:
         is_disconnected: Callable[[], Awaitable[bool]] | None,
         regions: Sequence[Region] | None,
     ) -> Float32Array:
-        dead = self._batcher.dead
-        if dead is not None:
-            raise EngineUnavailable(f"inference worker died: {dead!r}")
-        if not self._started:
-            raise EngineUnavailable("inference engine is not running")
+        self._check_running()
         audio = self._check_waveform(waveform)
         limit = time.monotonic() + self.request_timeout_s
         deadline = limit if deadline is None else min(deadline, limit)
@@ -215,7 +242,7 @@ class EmbeddingEngine:
         plan = await self._plan(audio, regions)
         self._admit(plan, deadline)
         ticket = self._batcher.submit(plan.cut(audio), deadline, asyncio.get_running_loop())
-        embeddings = await self._wait(ticket, deadline, is_disconnected)
+        embeddings = await self._wait(self._batcher, ticket, deadline, is_disconnected)
         return combine_segments(np.stack(embeddings), plan.weights)
 
     def _admit(self, plan: SegmentPlan, deadline: float) -> None:
@@ -240,7 +267,9 @@ class EmbeddingEngine:
         time it waits for that (others' decoding ahead of it). Admission asks before decoding, from the
         durations the containers declare; ``embed`` asks again with the real audio."""
         remaining = deadline - time.monotonic()
-        alone = before_s + samples / self._batcher.samples_per_second
+        alone = (
+            before_s + samples / self._speech.samples_per_second + samples / self._batcher.samples_per_second
+        )
         if alone > remaining:
             raise DeadlineExceeded(
                 f"this audio needs about {alone:.1f} s of decoding and inference; "
@@ -256,6 +285,13 @@ class EmbeddingEngine:
                 f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
                 retry_after_s=wait - remaining,
             )
+
+    def _check_running(self) -> None:
+        for batcher in (self._speech, self._batcher):
+            if batcher.dead is not None:
+                raise EngineUnavailable(f"inference worker died: {batcher.dead!r}")
+        if not self._started:
+            raise EngineUnavailable("inference engine is not running")
 
     def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)
@@ -277,6 +313,7 @@ class EmbeddingEngine:
 
     async def _wait(
         self,
+        batcher: DynamicBatcher,
         ticket: Ticket,
         deadline: float,
         is_disconnected: Callable[[], Awaitable[bool]] | None,
@@ -293,18 +330,18 @@ class EmbeddingEngine:
                 )
                 for future in done:
                     if future.exception() is not None:
-                        self._batcher.cancel(ticket)
+                        batcher.cancel(ticket)
                         raise future.exception()  # type: ignore[misc]
                 if not waiting:
                     break
                 if time.monotonic() >= deadline:
-                    self._batcher.cancel(ticket)
+                    batcher.cancel(ticket)
                     raise DeadlineExceeded(f"no result within the deadline ({self.request_timeout_s} s max)")
                 if is_disconnected is not None and await is_disconnected():
-                    self._batcher.cancel(ticket)
+                    batcher.cancel(ticket)
                     raise RequestCancelled("client disconnected while waiting for inference")
         except asyncio.CancelledError:
-            self._batcher.cancel(ticket)
+            batcher.cancel(ticket)
             raise
         finally:
             for future in ticket.futures:
@@ -312,19 +349,43 @@ class EmbeddingEngine:
                     future.cancel()
         return [future.result() for future in ticket.futures]
 
-    async def embed_recordings(
-        self, recordings: Sequence[Recording], waiting: Waiting, *, drop_non_speech: bool | None = None
-    ) -> list[Float32Array]:
-        """Unit-length embeddings of all recordings, submitted together so the engine can batch them (only
-        their speech regions when the model's manifest says ``drop_non_speech``, or the caller does): the
-        one way recordings become embeddings, for the service and for ``voxgate eval``."""
+    async def find_speech(self, recordings: Sequence[Recording], waiting: Waiting) -> list[Recording]:
+        """The recordings with their speech regions, detected together (one batch when they fit)."""
+        if not recordings:
+            raise InvalidRequest("no recordings")
+        self._check_running()
+        waveforms = [self._check_waveform(r.waveform) for r in recordings]
+        deadline = min(waiting.deadline, time.monotonic() + self.request_timeout_s)
+        ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
+        rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
+        return [
+            r.with_regions(regions_of(row, int(w.shape[0])))
+            for r, w, row in zip(recordings, waveforms, rows, strict=True)
+        ]
+
+    async def analyze(
+        self,
+        recordings: Sequence[Recording],
+        waiting: Waiting,
+        *,
+        gate: SpeechGate | None = None,
+        drop_non_speech: bool | None = None,
+    ) -> tuple[list[Recording], list[Float32Array]]:
+        """Speech detection, then unit-length embeddings of all recordings, submitted together so both
+        stages can batch them: the one way recordings become embeddings, for the service and for
+        ``voxgate eval``. ``gate`` refuses the whole call (its ``no_speech`` / ``not_enough_speech``)
+        before any embedding when one recording has too little speech. Only the speech regions are
+        embedded when the model's manifest says ``drop_non_speech``, or the caller does."""
+        found = await self.find_speech(recordings, waiting)
+        if gate is not None:
+            for recording in found:
+                gate.check(recording)
         trim = self.manifest.drop_non_speech if drop_non_speech is None else drop_non_speech
 
         async def one(recording: Recording) -> Float32Array:
-            # No regions (a recording made without the VAD): the engine finds them if it needs them.
             waveform, regions = recording.waveform, recording.regions or None
             if trim and regions:
-                waveform = speech_only(waveform, regions)
+                waveform = vad.speech_only(waveform, regions)
                 regions = ((0, int(waveform.shape[0])),)  # all of it is speech now
             raw = await self.embed(
                 waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected, regions=regions
@@ -336,12 +397,10 @@ class EmbeddingEngine:
                     "the model produced no usable embedding for this recording", file=recording.name
                 ) from exc
 
-        if not recordings:
-            raise InvalidRequest("no recordings")
         # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(r)) for r in recordings]
+                tasks = [group.create_task(one(r)) for r in found]
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
-        return [task.result() for task in tasks]
+        return found, [task.result() for task in tasks]

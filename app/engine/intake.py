@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from app.audio import vad
 from app.audio.decode import TARGET_SAMPLE_RATE, AudioHeader, read_header
 from app.audio.recording import Recording, decode_recording
 from app.core.errors import DeadlineExceeded, VoxGateError
@@ -43,15 +42,14 @@ def upload_name(upload: Upload, position: int) -> str:
     return upload.filename or f"{upload.field}[{position}]"
 
 
-# Worker seconds to decode one second of audio and measure its speech, until measured (then a running
-# average): Opus/FLAC decoding and the neural VAD took about 3.5 ms per second here.
-INITIAL_DECODE_COST = 0.005
+# Worker seconds to decode one second of audio, until measured (then a running average): FLAC decoding
+# and resampling took about 0.6 ms per second here, Opus about 1.5 ms.
+INITIAL_DECODE_COST = 0.002
 
 
 class AudioIntake:
     def __init__(self, *, workers: int, max_seconds: float) -> None:
         self.max_seconds = max_seconds
-        vad.load()  # a missing or broken VAD graph stops start-up, not the first request
         self.workers = workers or available_cpu_cores()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
         self._cost = INITIAL_DECODE_COST  # worker seconds per second of audio

@@ -64,8 +64,7 @@ class SpeakerOperations:
         """Add recordings to a speaker's voiceprint (creating it). Nothing is stored unless every
         recording is accepted; one unlike the voiceprint is added with an ``unlike_voiceprint`` notice,
         or (``unlike_voiceprint=refuse``) refuses the request with 409."""
-        self._require_speech(recordings)
-        embeddings = await self._embed(recordings, waiting)
+        recordings, embeddings = await self._analyze(recordings, waiting)
         store = self.tenants.store(tenant)
         existing = await store.get(speaker_id)
         warnings = self._unlike_voiceprint(recordings, embeddings, existing)
@@ -142,8 +141,7 @@ class SpeakerOperations:
         voiceprint = await self.tenants.store(tenant).get(speaker_id)
         if voiceprint is None:
             raise await self._not_found(tenant, speaker_id)
-        self._require_speech([probe])
-        (embedding,) = await self._embed([probe], waiting)
+        _, (embedding,) = await self._analyze([probe], waiting)
         warnings = self._enrollment_notices(voiceprint)
         decision = self._decide(speaker_id, None, embedding, voiceprint.direction(), threshold, warnings)
         if decision.match:  # a successful verification keeps the voiceprint from expiring
@@ -154,8 +152,7 @@ class SpeakerOperations:
         self, probe: Recording, reference: Recording, threshold: float | None, waiting: Waiting
     ) -> Verification:
         """Are ``probe`` and ``reference`` the same speaker? (Nothing stored is read: no tenant.)"""
-        self._require_speech([probe, reference])
-        a, b = await self._embed([probe, reference], waiting)
+        _, (a, b) = await self._analyze([probe, reference], waiting)
         return self._decide(None, reference.name, a, b, threshold, [])
 
     def _decide(
@@ -196,8 +193,7 @@ class SpeakerOperations:
         # A replica whose index lost touch with Redis may answer with stale speakers: refuse instead.
         if not self.tenants.in_sync(tenant):
             raise StoreUnavailable(f"voiceprint index is not in sync with Redis: {self.tenants.last_error}")
-        self._require_speech([probe])
-        (embedding,) = await self._embed([probe], waiting)
+        _, (embedding,) = await self._analyze([probe], waiting)
         hits = await self._live_hits(tenant, index, embedding, top_k, candidates)
         warnings: list[Notice] = []
         store = self.tenants.store(tenant)
@@ -340,10 +336,9 @@ class SpeakerOperations:
         return SpeakerNotFound(f"speaker {speaker_id!r} is not enrolled", speaker_id=speaker_id)
 
     # --- speech and embeddings -------------------------------------------------------------------
-    def _require_speech(self, recordings: Sequence[Recording]) -> None:
-        """Refuse the whole request, before any inference, when one recording has too little speech."""
-        for recording in recordings:
-            self.policy.check_speech(recording)
-
-    async def _embed(self, recordings: Sequence[Recording], waiting: Waiting) -> list[Float32Array]:
-        return await self.engine.embed_recordings(recordings, waiting)
+    async def _analyze(
+        self, recordings: Sequence[Recording], waiting: Waiting
+    ) -> tuple[list[Recording], list[Float32Array]]:
+        """The recordings' speech and unit-length embeddings: the whole request is refused before any
+        embedding when one recording has too little speech (the policy's gate)."""
+        return await self.engine.analyze(recordings, waiting, gate=self.policy.speech_gate)

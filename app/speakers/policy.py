@@ -1,7 +1,8 @@
 """The decision rules, written once from the settings and the model's manifest: the speech gate (net
-speech per recording), the score (``app.speakers.scoring.Scorer``: cosine or AS-Norm, with an optional
-calibrated LLR), the decision threshold (settings, else the manifest's calibration, else its default)
-and what enrollment does with a recording unlike the voiceprint (warn, or refuse with 409)."""
+speech per recording, ``app.audio.recording.SpeechGate``), the score (``app.speakers.scoring.Scorer``:
+cosine or AS-Norm, with an optional calibrated LLR), the decision threshold (settings, else the
+manifest's calibration, else its default) and what enrollment does with a recording unlike the
+voiceprint (warn, or refuse with 409)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from app.audio.recording import Recording
-from app.core.errors import NoSpeech, NotEnoughSpeech
+from app.audio.recording import SpeechGate
 from app.core.settings import Settings
 from app.engine.manifest import ModelManifest
 from app.speakers.scoring import Cohort, LlrCalibration, Scorer, ScoreType, check_calibration_current
@@ -56,18 +56,10 @@ class Policy:
     def unlike_cosine(self) -> float:
         return self.threshold if self.unlike_threshold is None else self.unlike_threshold
 
-    def check_speech(self, recording: Recording) -> None:
-        """``no_speech`` when the VAD found none, ``not_enough_speech`` below the minimum."""
-        seconds = recording.speech_seconds
-        if seconds <= 0.0:
-            raise NoSpeech("no speech found in the recording", file=recording.name)
-        if seconds < self.min_speech_seconds:
-            raise NotEnoughSpeech(
-                f"{seconds:.2f} s of speech found; at least {self.min_speech_seconds:g} s needed",
-                file=recording.name,
-                speech_seconds=round(seconds, 3),
-                min_speech_seconds=self.min_speech_seconds,
-            )
+    @property
+    def speech_gate(self) -> SpeechGate:
+        """The net speech every recording needs (the engine applies it before any embedding)."""
+        return SpeechGate(self.min_speech_seconds)
 
 
 def build_scorer(settings: Settings, manifest: ModelManifest, model_dir: Path) -> Scorer:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from app.audio import vad
 from tests.support.data import REPO_ROOT, SAMPLE_RATE, non_speech_signals, speech_files, speech_paths
 
 VAD_DIR = REPO_ROOT / "app" / "assets" / "vad"
+SEQUENCE_GRAPH = "silero_vad_16k_sequence.onnx"  # Silero's file, which the batched graph is derived from
 
 
 def real_speech(seconds: float) -> np.ndarray:
@@ -69,7 +72,8 @@ def test_blocks_of_frames_give_the_frame_by_frame_probabilities(monkeypatch: pyt
     """The recurrent state crosses session.run calls: any block size gives the same probabilities."""
     wave = real_speech(3.0)
     reference = vad.speech_probabilities(wave)
-    monkeypatch.setattr(vad, "FRAMES_PER_CALL", 7)
+    monkeypatch.setattr(vad, "MAX_FRAMES_PER_RECORDING_CALL", 7)
+    monkeypatch.setattr(vad, "MIN_FRAMES_PER_RECORDING_CALL", 7)
     np.testing.assert_allclose(vad.speech_probabilities(wave), reference, atol=1e-5)
     assert reference.size == -(-wave.size // vad.FRAME_SAMPLES)
 
@@ -81,9 +85,60 @@ def test_short_and_empty_input() -> None:
         vad.speech_seconds(np.zeros(8000, np.float32), 8000)
 
 
+def _sequence_graph_probabilities(wave: np.ndarray) -> np.ndarray:
+    """Silero's own "sequence" graph, one recording and one call: the reference of the batched graph."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(VAD_DIR / SEQUENCE_GRAPH), providers=["CPUExecutionProvider"])
+    n = -(-wave.size // vad.FRAME_SAMPLES)
+    frames = np.zeros((n, vad.FRAME_SAMPLES), np.float32)
+    frames.reshape(-1)[: wave.size] = wave
+    rows = np.zeros((n, vad.CONTEXT_SAMPLES + vad.FRAME_SAMPLES), np.float32)
+    rows[:, vad.CONTEXT_SAMPLES :] = frames
+    rows[1:, : vad.CONTEXT_SAMPLES] = frames[:-1, -vad.CONTEXT_SAMPLES :]
+    state = np.zeros((1, 1, vad.STATE_SIZE), np.float32)
+    (probs,) = session.run(["speech_probs"], {"input": rows, "h": state, "c": state})
+    return np.asarray(probs)
+
+
+def test_a_batch_of_recordings_gives_each_recordings_own_probabilities() -> None:
+    """The batched graph, several recordings of different lengths in one batch (zero-padded as the
+    engine pads them), gives every recording the probabilities Silero's sequence graph gives it alone."""
+    waves = [
+        w[: round(s * SAMPLE_RATE)]
+        for w, s in zip(_speech_waves(6), (1.1, 7.3, 3.0, 2.2, 5.0, 4.4), strict=True)
+    ]
+    lengths = [w.size for w in waves]
+    batch = np.zeros((len(waves), max(lengths) + 1000), np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, : wave.size] = wave
+    batch[0, lengths[0] :] = 0.3  # what lies past a recording's length must not matter
+    probs = vad.SpeechModel().probabilities(batch, lengths)
+    for row, wave in enumerate(waves):
+        own = probs[row, : vad.frames_of(wave.size)]
+        np.testing.assert_allclose(own, _sequence_graph_probabilities(wave), atol=1e-6)
+
+
+def _speech_waves(count: int) -> list[np.ndarray]:
+    return [sf.read(path, dtype="float32")[0] for path in speech_paths()[:count]]
+
+
+def test_the_batched_graph_is_derived_from_silero_s_by_the_committed_script() -> None:
+    pytest.importorskip("onnx")
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "derive_batched_vad.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_committed_graph_is_the_one_its_readme_names() -> None:
     readme = (VAD_DIR / "README.md").read_text(encoding="utf-8")
     graph = VAD_DIR / vad.MODEL_FILE
     assert hashlib.sha256(graph.read_bytes()).hexdigest() in readme
+    assert hashlib.sha256((VAD_DIR / SEQUENCE_GRAPH).read_bytes()).hexdigest() in readme
     assert "MIT License" in (VAD_DIR / "LICENSE").read_text(encoding="utf-8")
     assert Path(vad.model_path()) == graph

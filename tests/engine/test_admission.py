@@ -304,8 +304,8 @@ def test_vad_work_memory_does_not_grow_with_the_recording() -> None:
 
 
 def test_audio_on_its_way_counts_for_the_next_requests() -> None:
-    # The engine's cautious first estimate (20x real time, no warm-up): 100 s of declared audio on its
-    # way to the engine means about 5 s of inference ahead of anyone admitted next.
+    # The engine's cautious first estimates (no warm-up): 100 s of declared audio on its way to the engine
+    # means 1 s of speech detection (at 100x real time) and 5 s of embedding (20x) ahead of anyone next.
     engine = EmbeddingEngine(
         FakeBackend(), fake_manifest(), metrics=EngineMetrics(CollectorRegistry()), warmup=False
     )
@@ -317,7 +317,7 @@ def test_audio_on_its_way_counts_for_the_next_requests() -> None:
     first.declare(hundred_seconds)
     with pytest.raises(Overloaded) as refused:
         admission.admit(None, time.monotonic() + 30)
-    assert "expected wait for inference is 5.0 s" in refused.value.detail
+    assert "expected wait for inference is 6.0 s" in refused.value.detail
     second = Admission(engine, MemoryBudget(64 * MB), max_queue_wait_s=60.0).admit(None, time.monotonic() + 3)
     with pytest.raises(DeadlineExceeded):  # its own decoding and inference alone outlast its deadline
         second.refuse_unless_in_time(hundred_seconds, 0.5, 0.0, time.monotonic() + 3)
