@@ -12,9 +12,12 @@
 #   - a Redis image from Debian's redis-server (scripts/compose-smoke/redis.Dockerfile) in place of
 #     redis:8.2.2-alpine; scripts/compose-smoke/override.yml, the third compose file, names them.
 # What it checks, in order: the image builds and keeps its HEALTHCHECK; /readyz; the API's and Redis's
-# health checks pass; the API runs as uid 10001, without torch or the host's CA bundle; 401 without a key;
+# health checks pass; Redis refuses a client without its password and evicts nothing (noeviction); no
+# secret in either container's environment; the API runs as uid 10001, without torch or the host's CA
+# bundle; 401 without a key;
 # a key from `compose exec api voxgate keys create`; enroll, verify and identify with examples/audio;
-# voiceprints and keys kept across a restart of the API and one of Redis; `compose stop` ends both with
+# voiceprints encrypted at rest (sealed in Redis); voiceprints and keys kept across a restart of the API
+# and one of Redis; `compose stop` ends both with
 # exit status 0; `compose down -v` leaves no container, volume or network. Each wait and call is bounded.
 #
 # It removes what it started (containers, volumes, networks), on failure and on Ctrl-C too; the images it
@@ -53,7 +56,11 @@ export VOXGATE_SMOKE_REDIS_IMAGE=localhost/voxgate-smoke/redis:$SUITE
 # bundled model; none taken from the caller's environment.
 export IMAGE_TAG=smoke
 export PRETRAINED=""
-unset VOXGATE_MODEL_DIR VOXGATE_VOICEPRINT_KEY COMPOSE_FILE COMPOSE_PROJECT_NAME COMPOSE_PROFILES
+unset VOXGATE_MODEL_DIR VOXGATE_VOICEPRINT_KEY COMPOSE_FILE COMPOSE_PROJECT_NAME COMPOSE_PROFILES REDIS_MAXMEMORY
+# The stack's secrets (docker-compose.yml's `secrets`): made for this run by scripts/make-secrets.sh, in a
+# folder of its own, so that a checkout's real ./secrets are never read or written.
+VOXGATE_SECRETS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/voxgate-smoke-secrets.XXXXXX")
+export VOXGATE_SECRETS_DIR
 COMPOSE_FILES=(-f docker-compose.yml -f docker-compose.cpu.yml -f scripts/compose-smoke/override.yml)
 API_IMAGE=voxgate:$IMAGE_TAG-cpu
 AUDIO=examples/audio
@@ -413,6 +420,7 @@ on_exit() {
     engine image prune -a -f >/dev/null 2>&1
   fi
   [ -z "$BODY" ] || rm -f "$BODY"
+  rm -rf "$VOXGATE_SECRETS_DIR"
   report_phases
   if [ "$status" -eq 0 ]; then say "passed"; else say "FAILED (exit status $status)"; fi
   exit "$status"
@@ -438,6 +446,8 @@ if [ -n "$(project_containers)$(project_volumes)" ]; then
   STARTED=""
 fi
 
+bash scripts/make-secrets.sh compose
+
 phase bases "local base images"
 make_base_images
 
@@ -460,7 +470,17 @@ wait_ready "first start"
 run_healthcheck api
 run_healthcheck redis
 
-phase checks "the image's user and contents, keys, enroll, verify, identify"
+phase checks "Redis's password and memory policy, secrets, the image's user and contents, keys, enroll, verify, identify"
+redis_authed() { compose exec -T redis sh -c 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli "$@"' sh "$@"; }
+expect "Redis without its password" NOAUTH \
+  "$(compose exec -T redis redis-cli ping | tr -d '\r' | cut -d' ' -f1)"
+expect "Redis's maxmemory-policy" noeviction "$(redis_authed config get maxmemory-policy | tr -d '\r' | tail -n 1)"
+for service in api redis; do
+  for name in redis_password voiceprint_key; do
+    expect "the $service container's environment holds $name:" absent "$(compose exec -T "$service" env |
+      grep -qF "$(cat "$VOXGATE_SECRETS_DIR/$name")" && echo present || echo absent)"
+  done
+done
 expect "the API's user id (non-root)" 10001 "$(compose exec -T api id -u | tr -d '\r')"
 expect "the host's CA bundle and pip's cert (build stages only) in the image" absent \
   "$(compose exec -T api sh -c '[ -e /etc/ssl/certs/host-ca.pem ] || [ -e /etc/pip.conf ] && echo present || echo absent' |
@@ -478,6 +498,10 @@ expect "enroll spk1688 (3 recordings)" 200 "$(authed POST /enroll -F speaker_id=
   -F audio=@$AUDIO/1688-142285-0002.flac -F audio=@$AUDIO/1688-142285-0003.flac \
   -F audio=@$AUDIO/1688-142285-0004.flac)"
 expect "enrolled" true "$(jget enrolled)"
+voiceprint=$(redis_authed --scan --pattern 'voxgate:smoke:*:spk:spk1688' | tr -d '\r' | head -n 1)
+[ -n "$voiceprint" ] || die "no voiceprint of spk1688 in Redis"
+expect "the voiceprint in Redis is sealed (encryption at rest)" VGE1 \
+  "$(redis_authed --raw hget "$voiceprint" sum | head -c 4)"
 check_voiceprints "after enrollment"
 expect "verify another speaker (p225) against spk1688" 200 \
   "$(authed POST /verify -F speaker_id=spk1688 -F audio=@$AUDIO/p225_003.flac)"
@@ -494,7 +518,7 @@ wait_ready "after restarting the API"
 check_voiceprints "after restarting the API"
 
 phase restart-redis "compose restart redis: the append-only file on the volume"
-redis_run_id() { compose exec -T redis redis-cli info server | tr -d '\r' | sed -n 's/^run_id://p'; }
+redis_run_id() { redis_authed info server | tr -d '\r' | sed -n 's/^run_id://p'; }
 run_id=$(redis_run_id)
 [ -n "$run_id" ] || die "no run_id from redis-cli info server"
 compose restart redis

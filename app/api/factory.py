@@ -59,7 +59,8 @@ or while it streams in); `unsupported_media_type` 415; `audio_too_long`, `no_spe
 `not_enough_speech`, `invalid_speaker_id`, `invalid_request` 422; `overloaded` (the server) and
 `rate_limited` (the API key) 429, both with `Retry-After`; `internal_error` 500 (a bug: the traceback is
 logged under the request id); `store_unavailable`, `engine_unavailable`, `connection_limit` 503;
-`deadline_exceeded` 504. A refused request never changes stored data.
+`store_full` 507 (Redis at its memory limit refuses writes); `deadline_exceeded` 504. A refused request
+never changes stored data.
 
 Authentication: when the service requires keys (`VOXGATE_AUTH`), every endpoint but `/healthz`,
 `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`

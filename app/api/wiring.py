@@ -74,6 +74,17 @@ async def open_state(
             "the port",
             settings.host,
         )
+    if settings.voiceprint_key is None and not is_loopback(settings.host):
+        # Loud on purpose: voiceprints are biometric data, and this is the one place an operator who
+        # forgot the secret learns it before the first enrollment is stored.
+        log.warning(
+            "ENCRYPTION AT REST IS OFF on %s: VOXGATE_VOICEPRINT_KEY (or VOXGATE_VOICEPRINT_KEY_FILE) is "
+            "unset, so voiceprints (biometric data) are stored in Redis UNENCRYPTED, readable by anyone "
+            "who can read Redis or its backups; give the service a 256-bit key from a secret "
+            "(docs/security.md)",
+            settings.host,
+            extra={"setting": "VOXGATE_VOICEPRINT_KEY", "encrypted": False},
+        )
     manifest = engine.manifest
     async with AsyncExitStack() as stack:
         intake = AudioIntake(workers=settings.decode_workers, max_seconds=settings.max_audio_seconds)

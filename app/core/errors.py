@@ -133,6 +133,13 @@ class StoreUnavailable(VoxGateError):
     status, code, title = 503, "store_unavailable", "Voiceprint store (Redis) unreachable"
 
 
+class StoreFull(StoreUnavailable):
+    """Redis reached its memory limit and refuses writes (``maxmemory-policy noeviction``: it never drops
+    voiceprints to make room). Not retried by waiting: an operator frees memory or raises the limit."""
+
+    status, code, title = 507, "store_full", "Voiceprint store (Redis) full"
+
+
 class RequestCancelled(VoxGateError):
     # The client went away; nobody reads this answer (499 as nginx uses it).
     status, code, title = 499, "client_closed_request", "Client closed the request"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,33 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def read_secret_file(path: Path) -> str:
+    """A secret mounted as a file (Compose secrets, Kubernetes Secret volumes): its text without the
+    trailing newline most tools write; ``ValueError`` (an invalid setting) when unreadable or empty."""
+    try:
+        text = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text.strip():
+        raise ValueError("the file is empty")
+    return text
+
+
+def url_with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in it (``redis://:PASSWORD@host...``), or ``ValueError`` when it names
+    one already (two sources of one secret: which one is meant?)."""
+    parts = urlsplit(url)
+    if parts.password is not None and unquote(parts.password) == password:
+        return url  # put there by this function already
+    if parts.password is not None:
+        raise ValueError(
+            "REDIS_URL names a password already: drop it there or unset VOXGATE_REDIS_PASSWORD_FILE"
+        )
+    user = quote(parts.username, safe="") if parts.username else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def env_var(field: str) -> str:
@@ -237,7 +265,13 @@ class Settings(BaseSettings):
     voiceprint_key: SecretStr | None = Field(
         None,
         description="256-bit key-encryption key (64 hex digits or base64) from a Secret: with it every "
-        "voiceprint is stored encrypted (AES-GCM) under a per-tenant data key. Unset = stored plain.",
+        "voiceprint is stored encrypted (AES-GCM) under a per-tenant data key. Unset = stored plain (a "
+        "loud warning off loopback); set but empty = an invalid setting, never plain by accident.",
+    )
+    voiceprint_key_file: Path | None = Field(
+        None,
+        description="A file holding the voiceprint key instead (a Compose or Kubernetes secret mounted as "
+        "a file, e.g. /run/secrets/voiceprint_key); set this or VOXGATE_VOICEPRINT_KEY, not both.",
     )
     retention_days: float = Field(
         1095.0,
@@ -258,6 +292,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(env_var("redis_url"), "REDIS_URL", "redis_url"),
         description="Redis server to use (REDIS_URL also accepted). Unset = start an embedded "
         "redis-server child with its data under data_dir.",
+    )
+    redis_password_file: Path | None = Field(
+        None,
+        description="A file holding the Redis password (a mounted secret), added to REDIS_URL, which then "
+        "names none itself.",
     )
     data_dir: Path = Field(Path("./data"), description="Data of the embedded redis-server (AOF on).")
     redis_namespace: str = Field(
@@ -295,18 +334,55 @@ class Settings(BaseSettings):
     def _a_usable_key(cls, value: SecretStr | None) -> SecretStr | None:
         # A malformed key is an invalid setting like any other, refused before the model loads.
         if value is not None:
+            if not value.get_secret_value().strip():
+                # An empty value is a secret that did not arrive (`${VAR:-}` of an unset variable, an
+                # empty Secret key) where encryption was meant: stop, rather than store voiceprints plain.
+                raise ValueError(
+                    "empty: give the key (64 hex digits or base64), or unset the variable to store "
+                    "voiceprints unencrypted"
+                )
             parse_key(value.get_secret_value())  # CryptoError is a ValueError: one line, key not shown
         return value
+
+    @field_validator("voiceprint_key_file")
+    @classmethod
+    def _a_usable_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            parse_key(read_secret_file(value))
+        return value
+
+    @field_validator("redis_password_file")
+    @classmethod
+    def _a_readable_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_secret_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        # Idempotent: pydantic may run an after-validator again on the same (already completed) object.
+        if self.voiceprint_key_file is not None:
+            key = read_secret_file(self.voiceprint_key_file)
+            if self.voiceprint_key is not None and self.voiceprint_key.get_secret_value() != key:
+                raise ValueError("set VOXGATE_VOICEPRINT_KEY or VOXGATE_VOICEPRINT_KEY_FILE, not both")
+            self.voiceprint_key = SecretStr(key)
+        if self.redis_password_file is not None:
+            if self.redis_url is None:
+                raise ValueError(
+                    "VOXGATE_REDIS_PASSWORD_FILE needs REDIS_URL (the embedded redis-server has no password)"
+                )
+            self.redis_url = url_with_password(self.redis_url, read_secret_file(self.redis_password_file))
+        return self
 
     @field_validator("cudnn_conv_algo_search", mode="before")
     @classmethod
     def _upper_search(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("voiceprint_key", "auth", mode="before")
+    @field_validator("auth", "voiceprint_key_file", "redis_password_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        # Compose files pass `${VAR:-}`: an empty variable means "not set", not an empty key.
+        # Compose files pass `${VAR:-}`: an empty variable means "not set" (never for the key itself).
         return None if value == "" else value
 
     @field_validator("providers", mode="before")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.core.settings import ENV_PREFIX, Settings, env_var
 
 # Values never echoed back in an error message (a Redis URL carries its password).
-_SECRET_FIELDS = frozenset({"redis_url", "voiceprint_key"})
+_SECRET_FIELDS = frozenset({"redis_url", "voiceprint_key"})  # (files' names are shown, never their text)
 
 
 class InvalidSettings(Exception):

@@ -1,5 +1,6 @@
 """The service's Redis connection: one way to open a client, one mapping of driver failures to
-``StoreUnavailable`` (503), and one way to read a reply's bytes as text."""
+``StoreUnavailable`` (503) and of a Redis at its memory limit to ``StoreFull`` (507), and one way to read
+a reply's bytes as text."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis.exceptions as redis_exc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from app.core.errors import StoreUnavailable
+from app.core.errors import StoreFull, StoreUnavailable
 
 
 def redis_client(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
@@ -34,8 +35,18 @@ async def redis_errors() -> AsyncIterator[None]:
     """Map driver connection failures to ``StoreUnavailable`` (the one place that does it)."""
     try:
         yield
+    except redis_exc.AuthenticationError as exc:  # (a ConnectionError, with a message of its own)
+        raise StoreUnavailable(
+            f"Redis refused the connection's credentials ({exc}): its password comes from REDIS_URL or "
+            "VOXGATE_REDIS_PASSWORD_FILE"
+        ) from exc
     except (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError, OSError) as exc:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+    except redis_exc.OutOfMemoryError as exc:
+        # maxmemory reached under noeviction: Redis refuses writes ("OOM command not allowed ...").
+        raise StoreFull(
+            "Redis is at its memory limit (maxmemory) and refuses writes; nothing was stored"
+        ) from exc
 
 
 def reply_text(value: object) -> str:

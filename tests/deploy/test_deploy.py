@@ -9,9 +9,12 @@ The image is built and the compose stack run for real by scripts/compose-smoke.s
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,17 +61,66 @@ def test_compose_config_is_valid_for_every_file_set_and_profile(files: tuple[str
         assert {"api", "redis"} <= set(config["services"])
 
 
+def _redis_server_args(command: list[str]) -> list[str]:
+    """redis-server's arguments in compose's `sh -c` command (the shell reads the password file)."""
+    assert command[:2] == ["sh", "-c"], command
+    words = shlex.split(command[2].replace("$$", "$"))
+    assert words[:3] == ["exec", "docker-entrypoint.sh", "redis-server"], "the image's entrypoint drops root"
+    return words[3:]
+
+
 def test_compose_redis_is_pinned_persistent_and_healthchecked() -> None:
     redis = compose_config((COMPOSE_BASE,))["services"]["redis"]
     image, _, tag = redis["image"].partition(":")
     assert image == "redis", "the official image"
     assert re.match(r"^\d+\.\d+\.\d+", tag), f"redis image tag must pin a version, got {tag!r}"
-    command = redis["command"]
-    assert command[command.index("--appendonly") + 1] == "yes"
+    args = _redis_server_args(redis["command"])
+    assert args[args.index("--appendonly") + 1] == "yes"
     data_mounts = [v for v in redis["volumes"] if v["target"] == "/data"]
     assert data_mounts, "redis /data must be on a volume"
     assert data_mounts[0]["type"] == "volume", "a named volume, not a bind mount"
-    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    test = redis["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    assert "redis-cli ping | grep -q PONG" in test[1], "with a password, an unauthenticated PING is no PONG"
+    assert "REDISCLI_AUTH=" in test[1]
+
+
+def test_compose_redis_has_a_password_from_a_secret_and_never_evicts() -> None:
+    config = compose_config((COMPOSE_BASE,))
+    redis, api = config["services"]["redis"], config["services"]["api"]
+    args = _redis_server_args(redis["command"])
+    assert args[args.index("--requirepass") + 1] == "$(cat /run/secrets/redis_password)"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert re.fullmatch(r"\d+[kmg]b", args[args.index("--maxmemory") + 1])
+    sized = compose_config((COMPOSE_BASE,), env={"REDIS_MAXMEMORY": "3gb"})["services"]["redis"]
+    assert "--maxmemory 3gb" in sized["command"][2]
+    mounted = {s["source"]: s["target"] for s in redis["secrets"]}
+    assert mounted == {"redis_password": "/run/secrets/redis_password"}
+    # The API gets the same password and the voiceprint key as files, never as values in its environment.
+    api_secrets = {s["source"]: s["target"] for s in api["secrets"]}
+    assert api["environment"]["VOXGATE_REDIS_PASSWORD_FILE"] == api_secrets["redis_password"]
+    assert api["environment"]["VOXGATE_VOICEPRINT_KEY_FILE"] == api_secrets["voiceprint_key"]
+    assert "@" not in api["environment"]["REDIS_URL"], "REDIS_URL names no password"
+    assert "VOXGATE_VOICEPRINT_KEY" not in api["environment"]
+    # The files: from VOXGATE_SECRETS_DIR, by default ./secrets, which git ignores.
+    for name, secret in config["secrets"].items():
+        assert secret["file"] == str(REPO / "secrets" / name)
+    moved = compose_config((COMPOSE_BASE,), env={"VOXGATE_SECRETS_DIR": "/srv/voxgate-secrets"})
+    assert moved["secrets"]["voiceprint_key"]["file"] == "/srv/voxgate-secrets/voiceprint_key"
+    git = shutil.which("git")
+    if git is not None:
+        ignored = subprocess.run([git, "check-ignore", "-q", "secrets/voiceprint_key"], cwd=REPO, check=False)
+        assert ignored.returncode == 0, "./secrets must never be committed"
+
+
+@pytest.mark.parametrize("files", _compose_file_sets(), ids=lambda f: "+".join(f))
+def test_no_compose_environment_holds_a_secret(files: tuple[str, ...]) -> None:
+    secrets = {"VOXGATE_VOICEPRINT_KEY", "VOXGATE_OLD_VOICEPRINT_KEY"}
+    for name, service in compose_config(files)["services"].items():
+        environment = service.get("environment", {})
+        assert not secrets & set(environment), name
+        for variable in ("REDIS_URL", "VOXGATE_REDIS_URL"):
+            assert "@" not in environment.get(variable, ""), f"{name}: {variable} carries credentials"
 
 
 def test_compose_api_gpu_service() -> None:
@@ -325,6 +377,7 @@ def test_copy_sources_exist_and_are_in_the_build_context(dockerfile: Dockerfile)
                     assert not _dockerignore_excludes(patterns, rel), f"{rel} excluded by .dockerignore"
     assert _dockerignore_excludes(patterns, ".venv"), "the virtualenv must stay out of the context"
     assert _dockerignore_excludes(patterns, "data"), "local Redis data must stay out of the context"
+    assert _dockerignore_excludes(patterns, "secrets/voiceprint_key"), "secrets must stay out of the image"
 
 
 def test_default_model_is_complete() -> None:
@@ -423,22 +476,46 @@ def test_api_env_names_are_settings_and_refs_exist() -> None:
     deployment = _one("Deployment", "api")
     container = _container(deployment)
     config_map = _one("ConfigMap")
-    secret = _one("Secret")
     names = {e["name"] for e in container.get("env", [])}
     refs = {
-        ("ConfigMap" if "configMapRef" in src else "Secret"): (src.get("configMapRef") or src["secretRef"])[
-            "name"
-        ]
+        ("ConfigMap" if "configMapRef" in src else "Secret"): (src.get("configMapRef") or src["secretRef"])
         for src in container["envFrom"]
     }
-    assert refs == {"ConfigMap": config_map["metadata"]["name"], "Secret": secret["metadata"]["name"]}
-    names |= set(config_map["data"]) | set(secret["stringData"])
-    assert not names - ALLOWED_ENV, sorted(names - ALLOWED_ENV)
-    assert "REDIS_URL" in secret["stringData"], "the Redis URL (with its password) lives in the Secret"
-    assert not {"REDIS_URL", "VOXGATE_REDIS_URL"} & set(config_map["data"])
+    assert refs["ConfigMap"]["name"] == config_map["metadata"]["name"]
+    # voxgate-secrets: a managed Redis's URL (overlays/external-redis), made outside the repository.
+    assert refs["Secret"] == {"name": "voxgate-secrets", "optional": True}
+    names |= set(config_map["data"])
     patches = [p for p in _manifest_files() if _is_patch(p)]
     for patch in _resources(patches):
-        assert not set(patch.get("stringData", {})) - ALLOWED_ENV
+        names |= set(patch.get("data", {}))
+        for patched in patch.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            names |= {e["name"] for e in patched.get("env", [])}
+    assert not names - ALLOWED_ENV, sorted(names - ALLOWED_ENV)
+    assert not {"REDIS_URL", "VOXGATE_REDIS_URL"} & set(config_map["data"]), "the base knows no Redis"
+    # The voiceprint key is a file of the mounted secret volume, named by the ConfigMap.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    key_file = Path(config_map["data"]["VOXGATE_VOICEPRINT_KEY_FILE"])
+    assert key_file.parent == Path(mounts["secrets"])
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets")
+    (source,) = volume["projected"]["sources"]
+    assert source["secret"]["name"] == "voxgate-voiceprint-key"
+    assert source["secret"]["items"] == [{"key": "voiceprint-key", "path": key_file.name}]
+
+
+def test_no_secret_value_is_in_the_repository() -> None:
+    # Secrets are made beside the manifests (scripts/make-secrets.sh kubernetes, or a secret store).
+    assert not [r for r in _resources() if r["kind"] == "Secret"]
+    for resource in _resources():
+        for key, value in resource.get("data", {}).items():
+            assert "PASSWORD" not in key.upper() or key.endswith("_FILE"), key
+            assert not re.search(r"://[^/@]*:[^/@]*@", str(value)), f"credentials in {key}"
+
+
+def test_the_deployment_leaves_the_replica_count_to_the_hpa() -> None:
+    deployment = _one("Deployment", "api")
+    assert "replicas" not in deployment["spec"], "a replica count beside the HPA resets it on every apply"
+    hpa = _one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 
 
 def test_service_hpa_pdb_point_at_the_api() -> None:
@@ -458,7 +535,7 @@ def test_service_hpa_pdb_point_at_the_api() -> None:
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a PDB that never allows a drain"
 
 
-def test_redis_statefulset_matches_service_and_secret() -> None:
+def test_redis_statefulset_matches_service_password_and_memory() -> None:
     statefulset = _one("StatefulSet", "redis")
     service = _one("Service", "redis")
     assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
@@ -466,15 +543,48 @@ def test_redis_statefulset_matches_service_and_secret() -> None:
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert statefulset["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     claims = statefulset["spec"]["volumeClaimTemplates"]
-    mounts = {m["name"]: m["mountPath"] for m in _container(statefulset)["volumeMounts"]}
+    container = _container(statefulset)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts[claims[0]["metadata"]["name"]] == "/data"
-    args = _container(statefulset)["args"]
+    args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
-    redis_url = _one("Secret")["stringData"]["REDIS_URL"]
-    redis_port = service["spec"]["ports"][0]["port"]
-    assert redis_url.startswith(f"redis://{service['metadata']['name']}:{redis_port}/")
+    # The password: from the Secret voxgate-redis, expanded by Kubernetes (no shell, not in the pod spec).
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["REDIS_PASSWORD"] == {"name": "voxgate-redis", "key": "password"}
+    assert env["REDISCLI_AUTH"] == env["REDIS_PASSWORD"], "the probes' redis-cli authenticates"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][-1] == "redis-cli ping | grep -q PONG"
+    # Refuse writes at maxmemory rather than evict keys, with room below the container's memory limit.
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory_mb = int(args[args.index("--maxmemory") + 1].removesuffix("mb"))
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    assert maxmemory_mb * 1024 * 1024 <= 0.8 * float(limit.removesuffix("Gi")) * 1024**3
     compose_redis = compose_config((COMPOSE_BASE,))["services"]["redis"]["image"]
-    assert _container(statefulset)["image"] == compose_redis, "one Redis version everywhere"
+    assert container["image"] == compose_redis, "one Redis version everywhere"
+
+
+def test_only_the_api_reaches_redis_and_the_api_port_stays_open() -> None:
+    api_labels = _one("Deployment", "api")["spec"]["template"]["metadata"]["labels"]
+    redis_set = _one("StatefulSet", "redis")
+    redis_labels = redis_set["spec"]["template"]["metadata"]["labels"]
+    redis_policy = _one("NetworkPolicy", "redis")
+    assert redis_policy["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert redis_policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = redis_policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "pods of this namespace only"
+    assert peer["podSelector"]["matchLabels"].items() <= api_labels.items()
+    assert not peer["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    redis_ports = {p["name"] for p in _container(redis_set)["ports"]}
+    assert [p["port"] for p in rule["ports"]] == ["redis"]
+    assert redis_ports == {"redis"}
+    api_policy = _one("NetworkPolicy", "api")
+    assert api_policy["spec"]["podSelector"]["matchLabels"].items() <= api_labels.items()
+    (open_rule,) = api_policy["spec"]["ingress"]
+    assert "from" not in open_rule, "clients, the Service and Prometheus reach the API's port"
+    assert [p["port"] for p in open_rule["ports"]] == ["http"]
 
 
 def _kustomizations() -> list[Path]:
@@ -490,8 +600,12 @@ def test_kustomization_references_exist(path: Path) -> None:
         assert target.is_file() or (target / "kustomization.yaml").is_file(), f"{path}: {entry} missing"
     names = {(r["kind"], r["metadata"]["name"]) for r in _full_resources()}
     for patch in kustomization.get("patches", []):
-        patch_doc = yaml.safe_load((path.parent / patch["path"]).read_text(encoding="utf-8"))
-        assert (patch_doc["kind"], patch_doc["metadata"]["name"]) in names, f"{path}: patch target missing"
+        if "target" in patch:  # an inline JSON patch names its target
+            target = (patch["target"]["kind"], patch["target"]["name"])
+        else:
+            patch_doc = yaml.safe_load((path.parent / patch["path"]).read_text(encoding="utf-8"))
+            target = (patch_doc["kind"], patch_doc["metadata"]["name"])
+        assert target in names, f"{path}: patch target {target} missing"
 
 
 # The oldest and the newest Kubernetes release whose schemas kubernetes-validate bundles: an API version
@@ -516,16 +630,118 @@ def _render(overlay: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
+def _secrets_made_by_the_script() -> dict[str, set[str]]:
+    """The Secrets `scripts/make-secrets.sh kubernetes --dry-run` prints: name -> keys."""
+    made = subprocess.run(
+        ["bash", str(REPO / "scripts" / "make-secrets.sh"), "kubernetes", "--dry-run"],
+        env={**os.environ, "PATH": f"{Path(_kubectl()).parent}:{os.environ.get('PATH', '')}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    secrets = [d for d in yaml.safe_load_all(made.stdout) if d]
+    assert all(s["kind"] == "Secret" for s in secrets)
+    for secret in secrets:
+        for value in secret["data"].values():
+            assert re.fullmatch(r"[0-9a-f]{64}", base64.b64decode(value).decode()), "32 random bytes, hex"
+    return {s["metadata"]["name"]: set(s["data"]) for s in secrets}
+
+
+def _referenced_secrets(resources: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Secret name -> keys, as the rendered workloads refer to them (envFrom optional ones left out)."""
+    found: dict[str, set[str]] = {}
+    for resource in resources:
+        if resource["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = resource["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    found.setdefault(ref["name"], set()).add(ref["key"])
+            for source in container.get("envFrom", []):
+                ref = source.get("secretRef")
+                assert ref is None or ref.get("optional") is True, "a required secret of unknown keys"
+        for volume in pod.get("volumes", []):
+            sources = volume.get("projected", {}).get("sources", [])
+            for secret in [s["secret"] for s in sources if "secret" in s] + [volume.get("secret")]:
+                if secret:
+                    name = secret.get("name") or secret["secretName"]
+                    found.setdefault(name, set()).update(i["key"] for i in secret.get("items", []))
+    return found
+
+
+def test_make_secrets_makes_every_secret_the_overlays_need() -> None:
+    made = _secrets_made_by_the_script()
+    assert made == {"voxgate-redis": {"password"}, "voxgate-voiceprint-key": {"voiceprint-key"}}
+    for overlay in OVERLAYS:
+        for name, keys in _referenced_secrets(_render(overlay)).items():
+            assert keys <= made.get(name, set()), f"{overlay.name} needs Secret {name} {keys}"
+
+
+def test_the_api_reads_the_in_cluster_redis_password_from_its_file() -> None:
+    for overlay in OVERLAYS:
+        rendered = _render(overlay)
+        config = next(r for r in rendered if r["kind"] == "ConfigMap")["data"]
+        if overlay.name == "external-redis":
+            assert "REDIS_URL" not in config, "the managed Redis's URL comes from the Secret voxgate-secrets"
+            continue
+        service = next(
+            r for r in rendered if r["kind"] == "Service" and r["metadata"]["name"] == "voxgate-redis"
+        )
+        assert config["REDIS_URL"] == f"redis://voxgate-redis:{service['spec']['ports'][0]['port']}/0"
+        deployment = next(r for r in rendered if r["kind"] == "Deployment")
+        container = _container(deployment)
+        mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "secrets")
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets")
+        paths = {
+            (s["secret"]["name"], i["key"]): f"{mount}/{i['path']}"
+            for s in volume["projected"]["sources"]
+            for i in s["secret"]["items"]
+        }
+        assert config["VOXGATE_REDIS_PASSWORD_FILE"] == paths[("voxgate-redis", "password")]
+        assert config["VOXGATE_VOICEPRINT_KEY_FILE"] == paths[("voxgate-voiceprint-key", "voiceprint-key")]
+        statefulset = next(r for r in rendered if r["kind"] == "StatefulSet")
+        redis_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in _container(statefulset)["env"]}
+        assert redis_env["REDIS_PASSWORD"] == {"name": "voxgate-redis", "key": "password"}, "the same one"
+
+
+def test_cpu_overlay_serves_on_cpus_with_the_cpu_image() -> None:
+    rendered = _render(DEPLOY / "overlays" / "cpu")
+    deployment = next(r for r in rendered if r["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert "tolerations" not in pod
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert container["image"].endswith("-cpu")
+    config = next(r for r in rendered if r["kind"] == "ConfigMap")["data"]
+    assert config["VOXGATE_PROVIDERS"] == "cpu"
+    threads = {e["name"]: e["value"] for e in container["env"]}["VOXGATE_INTRA_OP_THREADS"]
+    assert container["resources"]["requests"]["cpu"] == threads, "one inference thread per requested core"
+    compose_cpu = compose_config((COMPOSE_BASE, "docker-compose.cpu.yml"))["services"]["api"]["environment"]
+    assert config["VOXGATE_MAX_BATCH_SIZE"] == compose_cpu["VOXGATE_MAX_BATCH_SIZE"]
+    assert "StatefulSet" in {r["kind"] for r in rendered}
+    gpu = _container(next(r for r in _render(DEPLOY / "overlays" / "dev") if r["kind"] == "Deployment"))
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
 @pytest.mark.parametrize("version", CHECKED_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlay_renders_and_passes_kubernetes_schema(overlay: Path, version: str) -> None:
     rendered = _render(overlay)
     kinds = {r["kind"] for r in rendered}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Secret"} <= kinds
-    secret = next(r for r in rendered if r["kind"] == "Secret")
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
+    assert "Secret" not in kinds, "secrets are made beside the manifests, never rendered from the repository"
     if overlay.name == "external-redis":
         assert "StatefulSet" not in kinds
-        assert secret["stringData"]["REDIS_URL"].startswith("rediss://")
     else:
         assert "StatefulSet" in kinds
     for resource in rendered:
@@ -537,10 +753,11 @@ def test_rendered_overlay_validation_is_live(tmp_path: Path) -> None:
     # A patch with a misspelt field renders (kustomize merges what it is given) and must then fail the
     # schema check, or the test above proves nothing about the patches.
     shutil.copytree(DEPLOY, tmp_path / "deploy")
-    patch = tmp_path / "deploy" / "overlays" / "external-redis" / "redis-url.yaml"
-    patch.write_text(patch.read_text(encoding="utf-8").replace("stringData:", "stringDatum:"), "utf-8")
+    patch = tmp_path / "deploy" / "overlays" / "dev" / "api-redis-password.yaml"
+    patch.write_text(patch.read_text(encoding="utf-8").replace("defaultMode:", "defaultMod:"), "utf-8")
     rendered = _render(patch.parent)
-    secret = next(r for r in rendered if r["kind"] == "Secret")
-    assert "stringDatum" in secret
+    deployment = next(r for r in rendered if r["kind"] == "Deployment")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets")
+    assert "defaultMod" in volume["projected"]
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(secret, CHECKED_VERSIONS[-1], strict=True)
+        kubernetes_validate.validate(deployment, CHECKED_VERSIONS[-1], strict=True)

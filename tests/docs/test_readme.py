@@ -14,6 +14,8 @@ covers fails `test_every_readme_command_is_covered`, so a new README command nee
 - ``kubectl apply -k DIR``: DIR is an overlay rendered and validated by tests/deploy/test_deploy.py.
 - ``pip install ./clients/python``: the Python client, which ``make test`` installs from there (its
   ``python`` example is run against a live service by tests/api/test_python_client.py).
+- ``scripts/make-secrets.sh compose|kubernetes``: run for real into a temporary folder (compose; Compose
+  then finds the files there), or with ``--dry-run`` (kubernetes: the Secrets it would create).
 - ``cp -r models/X DIR``: a model directory copied to a place git ignores, which the README's commands
   that write into a model (``voxgate calibrate``) then name, so none rewrites a tracked file.
 """
@@ -147,6 +149,10 @@ def _is_bench(c: Command) -> bool:
     return c.tokens[1:3] in (("-m", "bench.bench_engine"),) or c.tokens[1:2] == ("bench/bench_search.py",)
 
 
+def _is_make_secrets(c: Command) -> bool:
+    return c.tokens[:1] == ("scripts/make-secrets.sh",)
+
+
 def _is_model_copy(c: Command) -> bool:
     return c.tokens[:2] == ("cp", "-r") and len(c.tokens) == 4 and c.tokens[2].startswith("models/")
 
@@ -162,6 +168,7 @@ RULES: dict[str, Callable[[Command], bool]] = {
     "bench": _is_bench,
     "pip": _is_pip_install,
     "model_copy": _is_model_copy,
+    "make_secrets": _is_make_secrets,
 }
 COMMANDS = readme_commands()
 
@@ -250,6 +257,48 @@ def test_pip_install_names_the_client_that_make_test_installs(command: Command) 
     assert (target / "pyproject.toml").is_file()
     # make test installs it (editable) from the same folder: the tests run what the README installs.
     assert Path(voxgate_client.__file__).resolve().is_relative_to(target)
+
+
+# --- secrets ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", _commands("make_secrets"), ids=str)
+def test_make_secrets_command_runs(command: Command, tmp_path: Path) -> None:
+    mode = command.tokens[1]
+    assert mode in {"compose", "kubernetes"}
+    folder = tmp_path / "secrets"
+    venv_bin = str(Path(sys.executable).parent)  # kubectl (dev extra)
+    env = {**os.environ, "VOXGATE_SECRETS_DIR": str(folder), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    extra = ["--dry-run"] if mode == "kubernetes" else []
+    made = subprocess.run(
+        ["bash", str(REPO / command.tokens[0]), *command.tokens[1:], *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    if mode == "kubernetes":
+        names = {m.group(1) for m in re.finditer(r"^  name: (\S+)$", made.stdout, re.MULTILINE)}
+        assert names == {"voxgate-redis", "voxgate-voiceprint-key"}
+        return
+    values = {path.name: path.read_text() for path in folder.iterdir()}
+    assert set(values) == {"redis_password", "voiceprint_key"}
+    assert all(re.fullmatch(r"[0-9a-f]{64}\n", value) for value in values.values())
+    assert folder.stat().st_mode & 0o077 == 0, "the folder is its owner's only"
+    config = compose_config(("docker-compose.yml",), env={"VOXGATE_SECRETS_DIR": str(folder)})
+    assert {name: Path(s["file"]).read_text() for name, s in config["secrets"].items()} == values
+    again = subprocess.run(
+        ["bash", str(REPO / command.tokens[0]), *command.tokens[1:]],
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert again.returncode == 0
+    assert {path.name: path.read_text() for path in folder.iterdir()} == values, "made once, never replaced"
 
 
 # --- copies of a model -------------------------------------------------------------------------------------

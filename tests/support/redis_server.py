@@ -36,22 +36,25 @@ class RedisProcess:
 class OwnRedis:
     """A redis-server this test can stop and restart on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *args: str, password: str | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.args = args  # more redis-server options
+        self.password = password  # requirepass; ``url`` names none (the service gets it from a file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+             "--dir", str(self.workdir), *auth, *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.client()
         for _ in range(200):
             try:
                 if client.ping():
@@ -59,6 +62,10 @@ class OwnRedis:
             except redis.ConnectionError:
                 time.sleep(0.05)
         client.close()
+
+    def client(self) -> redis.Redis:
+        """A client of this server (with its password)."""
+        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -50,7 +50,8 @@ PROBLEM_RESPONSES: Final[dict[int | str, tuple[str, str]]] = {
     504: ("GatewayTimeout", "`deadline_exceeded`."),
     "default": (
         "Problem",
-        "Any other error, as problem+json: e.g. 405, 408 `request_timeout`, 500 `internal_error`.",
+        "Any other error, as problem+json: e.g. 405, 408 `request_timeout`, 500 `internal_error`, "
+        "507 `store_full` (Redis at its memory limit refuses writes).",
     ),
 }
 _RETRY_AFTER: Final = {
