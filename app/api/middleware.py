@@ -63,6 +63,7 @@ class HttpMetrics:
             "voxgate_http_requests_in_progress",
             "HTTP requests being served right now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
 
 

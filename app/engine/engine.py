@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,7 @@ from app.core.vectors import l2_normalize
 from app.engine.backend import EmbeddingBackend, OnnxBackend
 from app.engine.batcher import DynamicBatcher, Ticket
 from app.engine.config import BatcherConfig, EngineConfig
+from app.engine.load import Load
 from app.engine.manifest import ModelManifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
@@ -60,6 +62,43 @@ class Waiting:
 
     deadline: float  # time.monotonic()
     is_disconnected: Callable[[], Awaitable[bool]] | None = None
+
+
+class Engine(Protocol):
+    """What the rest of the service uses of inference: the in-process ``EmbeddingEngine``, or a front-end
+    worker's ``app.engine.remote.RemoteEngine`` in front of the inference process."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def selfcheck(self) -> SelfCheckResult | None: ...
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """Where the engine's own metrics are, when /metrics must add them (None: already in the app's)."""
+        ...
+
+    def load(self) -> Load: ...
+
+    async def analyze(
+        self,
+        recordings: Sequence[Recording],
+        waiting: Waiting,
+        *,
+        gate: SpeechGate | None = None,
+        drop_non_speech: bool | None = None,
+    ) -> tuple[list[Recording], list[Float32Array]]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class EmbeddingEngine:
@@ -160,16 +199,26 @@ class EmbeddingEngine:
     def ready(self) -> bool:
         return self._started and self._batcher.ready and self._speech.ready
 
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        return self.metrics.registry
+
     def queue_depth(self) -> int:
-        return self._batcher.depth()
+        """Items waiting for either stage (speech detection, embedding)."""
+        return self._speech.depth() + self._batcher.depth()
+
+    def load(self) -> Load:
+        """Both stages' backlog and recent throughput, now."""
+        return Load(
+            speech_backlog=self._speech.backlog_samples(),
+            speech_rate=self._speech.samples_per_second,
+            embed_backlog=self._batcher.backlog_samples(),
+            embed_rate=self._batcher.samples_per_second,
+            request_samples=self._request_samples,
+        )
 
     def expected_wait_s(self, *, extra_samples: int = 0, extra_requests: int = 0) -> float:
-        """Seconds until the engine would be through its queues (speech detection, then embedding) plus
-        ``extra_samples`` of audio and ``extra_requests`` requests of average size, at their recent
-        throughputs."""
-        coming = extra_samples + extra_requests * self._request_samples
-        speech = (self._speech.backlog_samples() + coming) / self._speech.samples_per_second
-        return float(speech + (self._batcher.backlog_samples() + coming) / self._batcher.samples_per_second)
+        return self.load().expected_wait_s(extra_samples=extra_samples, extra_requests=extra_requests)
 
     @property
     def batches_run(self) -> int:
@@ -260,31 +309,15 @@ class EmbeddingEngine:
         extra_samples: int = 0,
         extra_requests: int = 0,
     ) -> None:
-        """Refuse at once audio that cannot be through inference by its deadline, instead of queueing
-        it to time out: 504 when its own work alone is too long, 429 when the queue ahead (plus
-        ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: the time the
-        audio itself still needs before it reaches the engine (its decoding), ``queued_before_s``: the
-        time it waits for that (others' decoding ahead of it). Admission asks before decoding, from the
-        durations the containers declare; ``embed`` asks again with the real audio."""
-        remaining = deadline - time.monotonic()
-        alone = (
-            before_s + samples / self._speech.samples_per_second + samples / self._batcher.samples_per_second
+        """``Load.refuse_unless_in_time`` on the engine's load now."""
+        self.load().refuse_unless_in_time(
+            samples,
+            deadline,
+            before_s=before_s,
+            queued_before_s=queued_before_s,
+            extra_samples=extra_samples,
+            extra_requests=extra_requests,
         )
-        if alone > remaining:
-            raise DeadlineExceeded(
-                f"this audio needs about {alone:.1f} s of decoding and inference; "
-                f"{max(0.0, remaining):.1f} s of the request's deadline are left"
-            )
-        wait = (
-            before_s
-            + queued_before_s
-            + self.expected_wait_s(extra_samples=samples + extra_samples, extra_requests=extra_requests)
-        )
-        if wait > remaining:
-            raise Overloaded(
-                f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
-                retry_after_s=wait - remaining,
-            )
 
     def _check_running(self) -> None:
         for batcher in (self._speech, self._batcher):
@@ -293,11 +326,11 @@ class EmbeddingEngine:
         if not self._started:
             raise EngineUnavailable("inference engine is not running")
 
-    def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
+    def _check_waveform(self, waveform: np.ndarray, min_samples: int | None = None) -> Float32Array:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)
         if audio.ndim != 1:
             raise InvalidAudio(f"expected a mono waveform (1-D), got shape {audio.shape}")
-        if audio.shape[0] < self._min_samples:
+        if audio.shape[0] < (self._min_samples if min_samples is None else min_samples):
             raise InvalidAudio(f"audio shorter than {MIN_SECONDS} s")
         if not np.isfinite(audio).all():
             raise InvalidAudio("audio contains NaN or infinite samples")
@@ -354,7 +387,8 @@ class EmbeddingEngine:
         if not recordings:
             raise InvalidRequest("no recordings")
         self._check_running()
-        waveforms = [self._check_waveform(r.waveform) for r in recordings]
+        # Any length: a recording too short to embed has no speech either (422 no_speech, as the gate says).
+        waveforms = [self._check_waveform(r.waveform, min_samples=1) for r in recordings]
         deadline = min(waiting.deadline, time.monotonic() + self.request_timeout_s)
         ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
         rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
