@@ -7,7 +7,6 @@ The README's settings table is checked against this class by a test.
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +17,7 @@ from app.core.crypto import parse_key
 from app.core.ids import TENANT_PATTERN
 from app.core.limits import check_limits
 from app.core.paths import DEFAULT_MODEL_DIR
+from app.core.process import available_cpus
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
@@ -341,10 +341,7 @@ class Settings(BaseSettings):
         """How many front-end processes serve (0: one process serves everything); see ``workers``."""
         if self.workers != "auto":
             return self.workers
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
+        cores = available_cpus()
         return 0 if cores <= AUTO_SINGLE_PROCESS_CORES else min(MAX_WORKERS, cores - 1)
 
     @field_validator("workers")

@@ -13,7 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.audio import vad
-from app.engine.backend import CPU, available_cpu_cores, resolve_providers, session_options
+from app.core.process import available_cpus
+from app.engine.backend import CPU, resolve_providers, session_options
 from app.engine.config import BackendOptions
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class SpeechBackend:
         providers = resolve_providers(options.providers)
         # On a CPU one thread: a second one costs 10-20 % more CPU per second of audio for this small graph
         # (measured 1.93 vs 2.1-2.3 ms), and its batches are not worth splitting.
-        threads = 1 if providers[0] == CPU else options.intra_op_threads or available_cpu_cores()
+        threads = 1 if providers[0] == CPU else options.intra_op_threads or available_cpus()
         model = vad.SpeechModel(providers=providers, options=session_options(threads))
         log.info("speech detection ready", extra={"provider": model.provider, "intra_op_threads": threads})
         return cls(model)

@@ -22,10 +22,12 @@ dead worker was serving was either stored whole by one Lua script or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -208,15 +210,25 @@ class Supervisor:
     def _stop(self, inference: _Child | None, workers: dict[int, _Child]) -> None:
         """Workers first (they drain their connections), then the inference process."""
         self._stopping = True
+        _signal([c.process for c in workers.values()])
+        # The listening socket is every worker's and this process's: stop it listening now, so that a new
+        # connection is refused at once (as by a one-process server), not queued until the last worker
+        # has drained and reset then.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RD)
         _terminate([c.process for c in workers.values()], STOP_TIMEOUT_S)
         if inference is not None:
             _terminate([inference.process], STOP_TIMEOUT_S)
 
 
-def _terminate(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+def _signal(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    _signal(processes)
     deadline = time.monotonic() + timeout_s
     for process in processes:
         try:

@@ -20,9 +20,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.api.factory import create_app
 from app.core.logs import configure_logging
-from app.core.process import die_with_parent
+from app.core.process import available_cpus, die_with_parent
 from app.core.settings_errors import InvalidSettings, load_settings
-from app.engine.backend import available_cpu_cores
 from app.engine.board import Board, WorkerSlot
 from app.engine.remote import RemoteEngine
 from app.server.serve import run_http
@@ -43,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voxgate worker: invalid settings\n{exc}", file=sys.stderr)
         return 2
     if settings.decode_workers == 0:  # the cores are shared by every worker
-        settings = settings.model_copy(
-            update={"decode_workers": max(1, available_cpu_cores() // args.workers)}
-        )
+        settings = settings.model_copy(update={"decode_workers": max(1, available_cpus() // args.workers)})
     configure_logging(settings)
     board = Board.attach(args.board_fd, args.workers)
     listener = socket.socket(fileno=args.listen_fd)
