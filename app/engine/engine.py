@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -62,6 +63,29 @@ class Waiting:
 
     deadline: float  # time.monotonic()
     is_disconnected: Callable[[], Awaitable[bool]] | None = None
+
+
+@contextlib.contextmanager
+def _outcome(metrics: EngineMetrics) -> Iterator[None]:
+    """Count one request of a stage by how it ended (ok, overloaded, deadline_exceeded, cancelled, ...)."""
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    except Overloaded:
+        status = "overloaded"
+        raise
+    except DeadlineExceeded:
+        status = "deadline_exceeded"
+        raise
+    except (RequestCancelled, asyncio.CancelledError):
+        status = "cancelled"
+        raise
+    except EngineUnavailable:
+        status = "unavailable"
+        raise
+    finally:
+        metrics.requests.labels(outcome=status).inc()
 
 
 class Engine(Protocol):
@@ -148,11 +172,11 @@ class EmbeddingEngine:
                 self._speech.assume_throughput(speech.measured_samples_per_s)
 
         speech_config = replace(self.config, max_batch_size=SPEECH_MAX_BATCH)
-        speech_metrics = EngineMetrics(self.metrics.registry, prefix="voxgate_vad")
+        self._speech_metrics = EngineMetrics(self.metrics.registry, prefix="voxgate_vad")
         self._speech = DynamicBatcher(
             speech,
             speech_config,
-            speech_metrics,
+            self._speech_metrics,
             warmup=start_speech,
             initial_samples_per_s=SPEECH_INITIAL_SAMPLES_PER_S,
         )
@@ -253,25 +277,8 @@ class EmbeddingEngine:
         """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate.
         ``regions``: where its speech is, when the caller's VAD already found it (weights long audio's
         segments; without them the VAD runs when the audio is long enough to be segmented)."""
-        status = "failed"
-        try:
-            result = await self._embed(waveform, deadline, is_disconnected, regions)
-            status = "ok"
-            return result
-        except Overloaded:
-            status = "overloaded"
-            raise
-        except DeadlineExceeded:
-            status = "deadline_exceeded"
-            raise
-        except (RequestCancelled, asyncio.CancelledError):
-            status = "cancelled"
-            raise
-        except EngineUnavailable:
-            status = "unavailable"
-            raise
-        finally:
-            self.metrics.requests.labels(outcome=status).inc()
+        with _outcome(self.metrics):
+            return await self._embed(waveform, deadline, is_disconnected, regions)
 
     async def _embed(
         self,
@@ -390,8 +397,9 @@ class EmbeddingEngine:
         # Any length: a recording too short to embed has no speech either (422 no_speech, as the gate says).
         waveforms = [self._check_waveform(r.waveform, min_samples=1) for r in recordings]
         deadline = min(waiting.deadline, time.monotonic() + self.request_timeout_s)
-        ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
-        rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
+        with _outcome(self._speech_metrics):
+            ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
+            rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
         return [
             r.with_regions(regions_of(row, int(w.shape[0])))
             for r, w, row in zip(recordings, waveforms, rows, strict=True)

@@ -37,7 +37,7 @@ from app.engine.engine import EmbeddingEngine, Waiting
 from app.engine.manifest import ManifestError
 from app.engine.selfcheck import SelfCheckFailed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("app.engine.inference")  # not __main__: it runs with -m
 
 PUBLISH_S = 0.02  # how often the load on the board is refreshed (a wait estimate of 20 ms ago is good)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -230,3 +231,47 @@ def test_a_killed_inference_process_turns_readiness_off_and_is_replaced(
             stored = stored_voiceprints_are_whole(redis_server.url, service.env["VOXGATE_REDIS_NAMESPACE"])
             assert {f"i{i}" for i, o in enumerate(outcomes) if o == 200} <= set(stored)
             assert c.post("/verify", data={"speaker_id": stored[0]}, files=files(PROBE)).json()["match"]
+
+
+def test_a_client_that_goes_away_has_its_work_dropped_in_the_inference_process(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    # Batches held open for 3 s: the request waits there while its client hangs up.
+    settings = {"workers": "1", "max_wait_ms": "3000"}
+    with (
+        LiveService(default_model_dir(), redis_server.url, tmp_path, settings) as service,
+        httpx.Client(base_url=service.url, timeout=60) as c,
+    ):
+        assert c.post("/enroll", data={"speaker_id": "spk"}, files=files(*ENROLL)).status_code == 200
+        assert not _cancelled_in_engine(c.get("/metrics").text)
+        body, ctype = _multipart({"speaker_id": "spk"}, PROBE)
+        with socket.create_connection(("127.0.0.1", service.port)) as sock:
+            head = f"POST /verify HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(1.0)  # in the held-open batch now
+        wait_for(lambda: _cancelled_in_engine(c.get("/metrics").text), 15, "the engine's work dropped")
+
+
+def _cancelled_in_engine(metrics: str) -> bool:
+    return any(
+        line.startswith(("voxgate_engine_requests_total", "voxgate_vad_requests_total"))
+        and 'outcome="cancelled"' in line
+        and float(line.rsplit(" ", 1)[1]) >= 1
+        for line in metrics.splitlines()
+    )
+
+
+def _multipart(fields: dict[str, str], path: Path) -> tuple[bytes, str]:
+    boundary = "voxgateboundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="{path.name}"\r\n'
+        "Content-Type: audio/flac\r\n\r\n".encode()
+        + path.read_bytes()
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
