@@ -1,4 +1,8 @@
-"""Dependencies as ``Annotated`` aliases, so route signatures read as plain types."""
+"""Dependencies as ``Annotated`` aliases, so route signatures read as plain types.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, and the
+handoff (a thread pool submit and wake-up per dependency) cost more CPU than the whole HTTP parsing of a
+request (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from app.engine.admission import Admitted
 from app.engine.engine import Waiting
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return cast(AppState, getattr(request.state, STATE_KEY))
 
 
@@ -46,7 +50,7 @@ async def authenticate(
     return await state.gate.caller(
         headers.getlist("authorization"),
         headers.getlist("x-api-key"),
-        request_id(request),
+        _request_id(request),
         identified=lambda who: note_caller(request.scope.setdefault("state", {}), who.tenant, who.key_id),
     )
 
@@ -54,16 +58,20 @@ async def authenticate(
 CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
-def request_id(request: Request) -> str | None:
+def _request_id(request: Request) -> str | None:
     """The id the request middleware gave this request (logs, problems, the audit trail)."""
     value = getattr(request.state, "request_id", None)
     return str(value) if value is not None else None
 
 
+async def request_id(request: Request) -> str | None:
+    return _request_id(request)
+
+
 RequestId = Annotated[str | None, Depends(request_id)]
 
 
-def request_waiting(request: Request, state: State) -> Waiting:
+async def request_waiting(request: Request, state: State) -> Waiting:
     """The request's deadline (from its arrival) and how to notice its client went away."""
     arrived = getattr(request.state, ARRIVED_STATE_KEY, None) or time.monotonic()
     return Waiting(

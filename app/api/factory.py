@@ -7,7 +7,7 @@ tenants' indexes, retention, admission, the request gate) - and hands them to ro
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from app.api.state import STATE_KEY
 from app.api.wiring import open_state
 from app.core.memory import startup_heap_frozen
 from app.core.settings import Settings
-from app.engine.engine import EmbeddingEngine
+from app.engine.board import WorkerSlot
+from app.engine.engine import EmbeddingEngine, Engine
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,18 @@ def create_app(
     settings: Settings | None = None,
     *,
     model_dir: Path | None = None,
-    engine: EmbeddingEngine | None = None,
+    engine: Engine | None = None,
     registry: CollectorRegistry | None = None,
+    engine_factory: Callable[[], Engine] | None = None,
+    slot: WorkerSlot | None = None,
+    exposition: CollectorRegistry | None = None,
 ) -> FastAPI:
     """Build the app. ``engine``: an already started engine to share (the caller starts and stops it);
-    without it the lifespan builds one from ``settings`` / ``model_dir`` and owns it. ``registry``: the
-    Prometheus registry ``/metrics`` serves (``voxgate serve`` adds the HTTP connection metrics to it);
-    a new one by default."""
+    without it the lifespan builds one (``engine_factory``, by default an ``EmbeddingEngine`` from
+    ``settings`` / ``model_dir``) and owns it. ``registry``: where the app's Prometheus metrics are
+    (``voxgate serve`` adds the HTTP connection metrics to it); a new one by default. A front-end worker
+    of a multi-process service passes its ``slot`` on the board (admission and the memory budget are
+    the service's) and the ``exposition`` registry /metrics serves (every process's metrics)."""
     settings = settings or Settings.model_validate({})
     if settings.redis_url is None:
         raise ValueError(
@@ -91,11 +97,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         owns_engine = engine is None
-        eng = engine or EmbeddingEngine.from_settings(settings, model_dir, registry=registry)
+        if engine is not None:
+            eng: Engine = engine
+        elif engine_factory is not None:
+            eng = engine_factory()
+        else:
+            eng = EmbeddingEngine.from_settings(settings, model_dir, registry=registry)
         if owns_engine:
             await eng.start()
         try:
-            async with open_state(settings, eng, forms, registry) as state:
+            async with open_state(settings, eng, forms, registry, slot=slot, exposition=exposition) as state:
                 with startup_heap_frozen():
                     yield {STATE_KEY: state}
         finally:

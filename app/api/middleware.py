@@ -123,6 +123,7 @@ class HttpMetrics:
             "voxgate_http_requests_in_progress",
             "HTTP requests being served right now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.problems = Counter(
             "voxgate_http_problems_total",

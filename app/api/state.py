@@ -11,7 +11,7 @@ from app.api.forms import Forms
 from app.core.metrics import ServiceMetrics
 from app.core.settings import Settings
 from app.engine.admission import Admission
-from app.engine.engine import EmbeddingEngine
+from app.engine.engine import Engine
 from app.engine.intake import AudioIntake
 from app.engine.manifest import ModelManifest
 from app.speakers.operations import SpeakerOperations
@@ -23,14 +23,15 @@ STATE_KEY = "voxgate"
 @dataclass(frozen=True)
 class AppState:
     settings: Settings
-    engine: EmbeddingEngine
+    engine: Engine
     tenants: TenantIndexes
     speakers: SpeakerOperations
     forms: Forms
     admission: Admission
     intake: AudioIntake
     gate: Gate
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # where the app's metrics are
+    exposition: CollectorRegistry  # what /metrics serves (every process's, in a multi-process service)
     metrics: ServiceMetrics
 
     @property

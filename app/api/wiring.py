@@ -22,8 +22,16 @@ from app.core.errors import StoreUnavailable
 from app.core.metrics import ServiceMetrics
 from app.core.periodic import Periodic
 from app.core.settings import Settings, is_loopback
-from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
-from app.engine.engine import EmbeddingEngine
+from app.engine.admission import (
+    Admission,
+    HeapTrimmer,
+    MemoryBudget,
+    OnTheirWay,
+    SharedMemoryBudget,
+    SharedOnTheirWay,
+)
+from app.engine.board import WorkerSlot
+from app.engine.engine import Engine
 from app.engine.intake import AudioIntake
 from app.speakers.operations import SpeakerOperations
 from app.speakers.policy import Policy
@@ -62,7 +70,13 @@ async def _verify_vault(store: RedisVoiceprintStore) -> None:
 
 @asynccontextmanager
 async def open_state(
-    settings: Settings, engine: EmbeddingEngine, forms: Forms, registry: CollectorRegistry
+    settings: Settings,
+    engine: Engine,
+    forms: Forms,
+    registry: CollectorRegistry,
+    *,
+    slot: WorkerSlot | None = None,
+    exposition: CollectorRegistry | None = None,
 ) -> AsyncIterator[AppState]:
     if settings.redis_url is None:
         raise ValueError(
@@ -105,7 +119,12 @@ async def open_state(
         sweeper = RetentionSweeper(store)
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
-        budget = MemoryBudget(settings.request_memory_bytes)
+        if slot is None:
+            budget = MemoryBudget(settings.request_memory_bytes)
+            on_their_way = OnTheirWay()
+        else:  # a front-end worker: one budget, one view of the audio on its way, for the whole service
+            budget = SharedMemoryBudget(settings.request_memory_bytes, slot.board, slot.worker)
+            on_their_way = SharedOnTheirWay(slot.board, slot.worker)
         trimmer = HeapTrimmer(budget)
         trimmer.start()
         stack.push_async_callback(trimmer.stop)
@@ -133,11 +152,12 @@ async def open_state(
             tenants=tenants,
             speakers=SpeakerOperations(engine, tenants, Policy.from_settings(settings, manifest)),
             forms=forms,
-            admission=Admission(engine, budget, settings.max_queue_wait_s),
+            admission=Admission(engine, budget, settings.max_queue_wait_s, on_their_way),
             intake=intake,
             gate=gate,
             registry=registry,
             metrics=metrics,
+            exposition=exposition if exposition is not None else registry,
         )
         log.info(
             "voxgate ready",

@@ -143,3 +143,15 @@ class StoreFull(StoreUnavailable):
 class RequestCancelled(VoxGateError):
     # The client went away; nobody reads this answer (499 as nginx uses it).
     status, code, title = 499, "client_closed_request", "Client closed the request"
+
+
+def error_class(code: str) -> type[VoxGateError]:
+    """The error class of a problem code (``VoxGateError`` itself for an unknown one): how an error
+    raised in the inference process is raised again in the front-end worker that asked."""
+    found: dict[str, type[VoxGateError]] = {}
+    pending: list[type[VoxGateError]] = [VoxGateError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found.get(code, VoxGateError)

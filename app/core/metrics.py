@@ -78,6 +78,7 @@ class ServiceMetrics:
             "aggregate with max, not sum.",
             ("model",),
             registry=registry,
+            multiprocess_mode="livemax",  # each front-end worker reads the same count
         )
         # Incremented by the verification lockout rule, once per speaker locked out (its refusals are
         # counted by their problem code in voxgate_http_problems_total).

@@ -18,8 +18,13 @@ from app.core.crypto import parse_key
 from app.core.ids import TENANT_PATTERN
 from app.core.limits import check_limits
 from app.core.paths import DEFAULT_MODEL_DIR
+from app.core.process import available_cpus
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
+
+# Front-end processes at most; with "auto", hosts with this many cores or fewer run one process.
+MAX_WORKERS = 64
+AUTO_SINGLE_PROCESS_CORES = 2
 
 # The one place the environment variables' prefix is written.
 ENV_PREFIX = "VOXGATE_"
@@ -197,7 +202,14 @@ class Settings(BaseSettings):
         "throughput).",
     )
     decode_workers: int = Field(
-        0, ge=0, description="Threads decoding uploads (and measuring their speech); 0 = number of cores."
+        0, ge=0, description="Threads decoding uploads, per process; 0 = number of cores."
+    )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Front-end processes (HTTP, keys, uploads, decoding, Redis, scoring) in front of one "
+        "inference process that owns the model, speech detection and batching; 0 = one process does "
+        "everything. auto = 0 on hosts with up to 2 cores (one process is faster there: "
+        "docs/performance.md), else one per core but the one the inference process needs.",
     )
 
     # --- decisions ---
@@ -399,6 +411,21 @@ class Settings(BaseSettings):
         if self.auth is not None:
             return self.auth == "required"
         return not is_loopback(self.host)
+
+    @property
+    def front_end_workers(self) -> int:
+        """How many front-end processes serve (0: one process serves everything); see ``workers``."""
+        if self.workers != "auto":
+            return self.workers
+        cores = available_cpus()
+        return 0 if cores <= AUTO_SINGLE_PROCESS_CORES else min(MAX_WORKERS, cores - 1)
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= MAX_WORKERS:
+            raise ValueError(f"workers must be 0-{MAX_WORKERS} or auto")
+        return value
 
     @property
     def retention_s(self) -> float | None:

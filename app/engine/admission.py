@@ -1,22 +1,24 @@
-"""Admission control: refuse early what the process cannot hold or finish in time.
+"""Admission control: refuse early what the service cannot hold or finish in time.
 
 Two questions are asked of every request that carries audio, before its body is read:
 
-* **Memory.** One budget (``MemoryBudget``) counts the bytes the process holds for requests: the
+* **Memory.** One budget (``MemoryBudget``; ``SharedMemoryBudget`` across the front-end workers of a
+  multi-process service) counts the bytes held for requests: the
   upload as it is read (its ``Content-Length`` reserved up front with what decoding it will likely need,
   a body without one counted as it streams), and each recording's decoded waveform (from its header,
   before decoding, for all recordings of the request at once). A request
   that does not fit now is refused with 429; one that could never fit (larger than the whole budget)
   with 413. Nothing is buffered first.
-* **Time.** The engine knows the audio it has queued and its recent throughput, so the expected wait
-  of a new request is known before its audio is decoded. Admitted requests whose audio is being
+* **Time.** The engine knows the audio it has queued and its recent throughput (its ``Load``, read
+  from the board in a front-end worker), so the expected wait of a new request is known before its
+  audio is decoded. Admitted requests whose audio is being
   decoded count too, at the engine's average request size: a burst is refused at once instead of
   paying seconds of decoding before a refusal (a client still sending its body is not counted: it
   costs the engine nothing, and a crowd of slow clients must not lock out everyone else). A request
   whose expected wait exceeds ``max_queue_wait_s``, or whose deadline would pass first, gets 429 with a
   ``Retry-After`` computed from that estimate.
 
-All bookkeeping is thread-safe (decoding threads reserve memory too) and O(1) per call.
+All bookkeeping is thread-safe (decoding threads reserve memory too) and O(workers) per call.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from app.core.errors import AudioTooLarge, Overloaded
 from app.core.memory import trim_heap
 from app.core.periodic import Periodic
-from app.engine.engine import EmbeddingEngine
+from app.engine.board import Board
+from app.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ DECODE_WORK_BYTES = 8 * 1024 * 1024
 
 
 class MemoryBudget:
+    """The bytes this process holds for requests (a single-process service)."""
+
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self._used = 0
@@ -71,6 +76,32 @@ class MemoryBudget:
     def give_back(self, n: int) -> None:
         with self._lock:
             self._used = max(0, self._used - n)
+
+
+class SharedMemoryBudget(MemoryBudget):
+    """One budget for all front-end workers of a service, on the board: this worker takes by adding to its
+    slot and checking the sum of all slots (taking it back when over). Two workers taking at once may
+    both be refused; neither can overcommit. ``used_bytes`` and the peak stay this process's own (they
+    tell the heap trimmer when this process is idle)."""
+
+    def __init__(self, limit_bytes: int, board: Board, worker: int) -> None:
+        super().__init__(limit_bytes)
+        self._board = board
+        self._worker = worker
+
+    def try_take(self, n: int) -> bool:
+        if not super().try_take(n):
+            return False
+        self._board.add_held_bytes(self._worker, n)
+        if self._board.held_bytes() > self.limit_bytes:
+            self._board.add_held_bytes(self._worker, -n)
+            super().give_back(n)
+            return False
+        return True
+
+    def give_back(self, n: int) -> None:
+        super().give_back(n)
+        self._board.add_held_bytes(self._worker, -n)
 
 
 class HeapTrimmer:
@@ -159,23 +190,61 @@ class Reservation:
         self.budget.give_back(n)
 
 
+class OnTheirWay:
+    """Requests on their way to the engine, in this process. A request still sending its body is not
+    counted (a slow client costs the engine nothing); one whose body is in counts at the engine's average
+    request size until its headers tell how much audio it brings, then at exactly that."""
+
+    def __init__(self) -> None:
+        self._undeclared = 0.0
+        self._declared_samples = 0.0
+        self._lock = threading.Lock()
+
+    def move(self, undeclared: float, samples: float) -> None:
+        with self._lock:
+            self._undeclared = max(0.0, self._undeclared + undeclared)
+            self._declared_samples = max(0.0, self._declared_samples + samples)
+
+    def totals(self) -> tuple[float, float]:
+        """(requests not declared yet, declared samples)."""
+        with self._lock:
+            return self._undeclared, self._declared_samples
+
+
+class SharedOnTheirWay(OnTheirWay):
+    """Every front-end worker's requests on their way, on the board (this worker writes its own slot)."""
+
+    def __init__(self, board: Board, worker: int) -> None:
+        super().__init__()
+        self._board = board
+        self._worker = worker
+
+    def move(self, undeclared: float, samples: float) -> None:
+        self._board.move_on_their_way(self._worker, undeclared, samples)
+
+    def totals(self) -> tuple[float, float]:
+        return self._board.on_their_way()
+
+
 class Admission:
-    def __init__(self, engine: EmbeddingEngine, budget: MemoryBudget, max_queue_wait_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        budget: MemoryBudget,
+        max_queue_wait_s: float,
+        on_their_way: OnTheirWay | None = None,
+    ) -> None:
         self.engine = engine
         self.budget = budget
         self.max_queue_wait_s = max_queue_wait_s
-        # Requests on their way to the engine. A request still sending its body is not counted (a slow
-        # client costs the engine nothing); one whose body is in counts at the engine's average request
-        # size until its headers tell how much audio it brings, then at exactly that.
-        self._undeclared = 0
-        self._declared_samples = 0
-        self._lock = threading.Lock()
+        self._on_their_way = on_their_way or OnTheirWay()
 
     def expected_wait_s(self, own_samples: int = 0) -> float:
         """Seconds a request admitted now (bringing ``own_samples``) would wait for inference to finish."""
-        with self._lock:
-            undeclared, declared = self._undeclared, self._declared_samples
-        return self.engine.expected_wait_s(extra_samples=declared + own_samples, extra_requests=undeclared)
+        undeclared, declared = self._on_their_way.totals()
+        return self.engine.load().expected_wait_s(
+            extra_samples=declared + own_samples, extra_requests=undeclared
+        )
 
     def admit(self, content_length: int | None, deadline: float) -> Admitted:
         """Admit a request (before its body is read) or refuse it with 429/413 at once."""
@@ -198,11 +267,10 @@ class Admission:
     ) -> None:
         """Before decoding, from the declared durations: refuse audio whose decoding (``decode_s``, after
         ``queued_decode_s`` of others') and inference cannot be done by the deadline, counting the audio
-        of the other requests on their way (see ``EmbeddingEngine.refuse_unless_in_time``), instead of
+        of the other requests on their way (see ``Load.refuse_unless_in_time``), instead of
         decoding it only to refuse it later."""
-        with self._lock:
-            undeclared, declared = self._undeclared, self._declared_samples
-        self.engine.refuse_unless_in_time(
+        undeclared, declared = self._on_their_way.totals()
+        self.engine.load().refuse_unless_in_time(
             samples,
             deadline,
             before_s=decode_s,
@@ -212,9 +280,7 @@ class Admission:
         )
 
     def _move(self, undeclared: int, samples: int) -> None:
-        with self._lock:
-            self._undeclared = max(0, self._undeclared + undeclared)
-            self._declared_samples = max(0, self._declared_samples + samples)
+        self._on_their_way.move(undeclared, samples)
 
 
 class Admitted:

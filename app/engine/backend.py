@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from app.core.process import available_cpus
 from app.core.settings import CudnnConvAlgoSearch, ProviderName
 from app.engine.config import EngineConfig
 from app.engine.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
@@ -110,13 +110,6 @@ def cuda_device_present() -> bool:
     return count.value > 0
 
 
-def available_cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def resolve_providers(requested: Sequence[ProviderName] | str) -> list[str]:
     """Settings' provider preference -> ORT provider names that this onnxruntime build has.
 
@@ -188,7 +181,7 @@ class OnnxBackend:
         self.manifest = manifest
         self._dim = manifest.embedding_dim
         chosen = resolve_providers(providers)
-        threads = intra_op_threads or available_cpu_cores()
+        threads = intra_op_threads or available_cpus()
         options = session_options(threads)
         self._max_samples = max_samples
         self._measured_samples_per_s: float | None = None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,7 @@ from app.core.vectors import l2_normalize
 from app.engine.backend import EmbeddingBackend, OnnxBackend
 from app.engine.batcher import DynamicBatcher, Ticket
 from app.engine.config import BatcherConfig, EngineConfig
+from app.engine.load import Load
 from app.engine.manifest import ModelManifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
@@ -60,6 +63,66 @@ class Waiting:
 
     deadline: float  # time.monotonic()
     is_disconnected: Callable[[], Awaitable[bool]] | None = None
+
+
+@contextlib.contextmanager
+def _outcome(metrics: EngineMetrics) -> Iterator[None]:
+    """Count one request of a stage by how it ended (ok, overloaded, deadline_exceeded, cancelled, ...)."""
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    except Overloaded:
+        status = "overloaded"
+        raise
+    except DeadlineExceeded:
+        status = "deadline_exceeded"
+        raise
+    except (RequestCancelled, asyncio.CancelledError):
+        status = "cancelled"
+        raise
+    except EngineUnavailable:
+        status = "unavailable"
+        raise
+    finally:
+        metrics.requests.labels(outcome=status).inc()
+
+
+class Engine(Protocol):
+    """What the rest of the service uses of inference: the in-process ``EmbeddingEngine``, or a front-end
+    worker's ``app.engine.remote.RemoteEngine`` in front of the inference process."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def selfcheck(self) -> SelfCheckResult | None: ...
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """Where the engine's own metrics are, when /metrics must add them (None: already in the app's)."""
+        ...
+
+    def load(self) -> Load: ...
+
+    async def analyze(
+        self,
+        recordings: Sequence[Recording],
+        waiting: Waiting,
+        *,
+        gate: SpeechGate | None = None,
+        drop_non_speech: bool | None = None,
+    ) -> tuple[list[Recording], list[Float32Array]]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class EmbeddingEngine:
@@ -109,11 +172,11 @@ class EmbeddingEngine:
                 self._speech.assume_throughput(speech.measured_samples_per_s)
 
         speech_config = replace(self.config, max_batch_size=SPEECH_MAX_BATCH)
-        speech_metrics = EngineMetrics(self.metrics.registry, prefix="voxgate_vad")
+        self._speech_metrics = EngineMetrics(self.metrics.registry, prefix="voxgate_vad")
         self._speech = DynamicBatcher(
             speech,
             speech_config,
-            speech_metrics,
+            self._speech_metrics,
             warmup=start_speech,
             initial_samples_per_s=SPEECH_INITIAL_SAMPLES_PER_S,
         )
@@ -160,16 +223,26 @@ class EmbeddingEngine:
     def ready(self) -> bool:
         return self._started and self._batcher.ready and self._speech.ready
 
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        return self.metrics.registry
+
     def queue_depth(self) -> int:
-        return self._batcher.depth()
+        """Items waiting for either stage (speech detection, embedding)."""
+        return self._speech.depth() + self._batcher.depth()
+
+    def load(self) -> Load:
+        """Both stages' backlog and recent throughput, now."""
+        return Load(
+            speech_backlog=self._speech.backlog_samples(),
+            speech_rate=self._speech.samples_per_second,
+            embed_backlog=self._batcher.backlog_samples(),
+            embed_rate=self._batcher.samples_per_second,
+            request_samples=self._request_samples,
+        )
 
     def expected_wait_s(self, *, extra_samples: int = 0, extra_requests: int = 0) -> float:
-        """Seconds until the engine would be through its queues (speech detection, then embedding) plus
-        ``extra_samples`` of audio and ``extra_requests`` requests of average size, at their recent
-        throughputs."""
-        coming = extra_samples + extra_requests * self._request_samples
-        speech = (self._speech.backlog_samples() + coming) / self._speech.samples_per_second
-        return float(speech + (self._batcher.backlog_samples() + coming) / self._batcher.samples_per_second)
+        return self.load().expected_wait_s(extra_samples=extra_samples, extra_requests=extra_requests)
 
     @property
     def batches_run(self) -> int:
@@ -204,25 +277,8 @@ class EmbeddingEngine:
         """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate.
         ``regions``: where its speech is, when the caller's VAD already found it (weights long audio's
         segments; without them the VAD runs when the audio is long enough to be segmented)."""
-        status = "failed"
-        try:
-            result = await self._embed(waveform, deadline, is_disconnected, regions)
-            status = "ok"
-            return result
-        except Overloaded:
-            status = "overloaded"
-            raise
-        except DeadlineExceeded:
-            status = "deadline_exceeded"
-            raise
-        except (RequestCancelled, asyncio.CancelledError):
-            status = "cancelled"
-            raise
-        except EngineUnavailable:
-            status = "unavailable"
-            raise
-        finally:
-            self.metrics.requests.labels(outcome=status).inc()
+        with _outcome(self.metrics):
+            return await self._embed(waveform, deadline, is_disconnected, regions)
 
     async def _embed(
         self,
@@ -260,31 +316,15 @@ class EmbeddingEngine:
         extra_samples: int = 0,
         extra_requests: int = 0,
     ) -> None:
-        """Refuse at once audio that cannot be through inference by its deadline, instead of queueing
-        it to time out: 504 when its own work alone is too long, 429 when the queue ahead (plus
-        ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: the time the
-        audio itself still needs before it reaches the engine (its decoding), ``queued_before_s``: the
-        time it waits for that (others' decoding ahead of it). Admission asks before decoding, from the
-        durations the containers declare; ``embed`` asks again with the real audio."""
-        remaining = deadline - time.monotonic()
-        alone = (
-            before_s + samples / self._speech.samples_per_second + samples / self._batcher.samples_per_second
+        """``Load.refuse_unless_in_time`` on the engine's load now."""
+        self.load().refuse_unless_in_time(
+            samples,
+            deadline,
+            before_s=before_s,
+            queued_before_s=queued_before_s,
+            extra_samples=extra_samples,
+            extra_requests=extra_requests,
         )
-        if alone > remaining:
-            raise DeadlineExceeded(
-                f"this audio needs about {alone:.1f} s of decoding and inference; "
-                f"{max(0.0, remaining):.1f} s of the request's deadline are left"
-            )
-        wait = (
-            before_s
-            + queued_before_s
-            + self.expected_wait_s(extra_samples=samples + extra_samples, extra_requests=extra_requests)
-        )
-        if wait > remaining:
-            raise Overloaded(
-                f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
-                retry_after_s=wait - remaining,
-            )
 
     def _check_running(self) -> None:
         for batcher in (self._speech, self._batcher):
@@ -293,11 +333,11 @@ class EmbeddingEngine:
         if not self._started:
             raise EngineUnavailable("inference engine is not running")
 
-    def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
+    def _check_waveform(self, waveform: np.ndarray, min_samples: int | None = None) -> Float32Array:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)
         if audio.ndim != 1:
             raise InvalidAudio(f"expected a mono waveform (1-D), got shape {audio.shape}")
-        if audio.shape[0] < self._min_samples:
+        if audio.shape[0] < (self._min_samples if min_samples is None else min_samples):
             raise InvalidAudio(f"audio shorter than {MIN_SECONDS} s")
         if not np.isfinite(audio).all():
             raise InvalidAudio("audio contains NaN or infinite samples")
@@ -354,10 +394,12 @@ class EmbeddingEngine:
         if not recordings:
             raise InvalidRequest("no recordings")
         self._check_running()
-        waveforms = [self._check_waveform(r.waveform) for r in recordings]
+        # Any length: a recording too short to embed has no speech either (422 no_speech, as the gate says).
+        waveforms = [self._check_waveform(r.waveform, min_samples=1) for r in recordings]
         deadline = min(waiting.deadline, time.monotonic() + self.request_timeout_s)
-        ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
-        rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
+        with _outcome(self._speech_metrics):
+            ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
+            rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
         return [
             r.with_regions(regions_of(row, int(w.shape[0])))
             for r, w, row in zip(recordings, waveforms, rows, strict=True)

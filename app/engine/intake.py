@@ -20,8 +20,8 @@ from typing import Protocol
 from app.audio.decode import TARGET_SAMPLE_RATE, AudioHeader, read_header
 from app.audio.recording import Recording, decode_recording
 from app.core.errors import DeadlineExceeded, VoxGateError
+from app.core.process import available_cpus
 from app.engine.admission import DECODE_WORK_BYTES, Admitted, Reservation
-from app.engine.backend import available_cpu_cores
 from app.engine.engine import Waiting
 
 
@@ -50,7 +50,7 @@ INITIAL_DECODE_COST = 0.002
 class AudioIntake:
     def __init__(self, *, workers: int, max_seconds: float) -> None:
         self.max_seconds = max_seconds
-        self.workers = workers or available_cpu_cores()
+        self.workers = workers or available_cpus()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
         self._cost = INITIAL_DECODE_COST  # worker seconds per second of audio
         self._queued_s = 0.0  # audio seconds waiting for or in decoding (from their headers)

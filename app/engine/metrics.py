@@ -55,7 +55,13 @@ class EngineMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge(f"{prefix}_queue_depth", "Segments waiting for inference.", registry=r)
+        # Gauges: one inference process per service, but a restarted one must replace the dead one's value.
+        self.queue_depth = Gauge(
+            f"{prefix}_queue_depth",
+            "Segments waiting for inference.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.requests = Counter(
             f"{prefix}_requests",
             "Embedding requests by outcome.",
@@ -65,9 +71,18 @@ class EngineMetrics:
         self.batch_failures = Counter(
             f"{prefix}_batch_failures", "Batches whose inference raised.", registry=r
         )
-        self.ready = Gauge(f"{prefix}_ready", "1 when the engine is warm and its worker alive.", registry=r)
+        self.ready = Gauge(
+            f"{prefix}_ready",
+            "1 when the engine is warm and its worker alive.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.provider = Gauge(
-            f"{prefix}_provider_info", "Execution provider in use (value 1).", ["provider"], registry=r
+            f"{prefix}_provider_info",
+            "Execution provider in use (value 1).",
+            ["provider"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def render(self) -> tuple[bytes, str]:

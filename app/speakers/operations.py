@@ -22,7 +22,7 @@ from app.core.errors import (
     UnlikeVoiceprint,
 )
 from app.core.vectors import l2_normalize
-from app.engine.engine import EmbeddingEngine, Waiting
+from app.engine.engine import Engine, Waiting
 from app.speakers.policy import Policy
 from app.speakers.results import (
     Candidate,
@@ -43,7 +43,7 @@ Float32Array = npt.NDArray[np.float32]
 
 
 class SpeakerOperations:
-    def __init__(self, engine: EmbeddingEngine, tenants: TenantIndexes, policy: Policy) -> None:
+    def __init__(self, engine: Engine, tenants: TenantIndexes, policy: Policy) -> None:
         self.engine = engine
         self.tenants = tenants
         self.policy = policy

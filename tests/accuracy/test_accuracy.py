@@ -171,7 +171,9 @@ def test_calibration_is_written_with_provenance_and_keeps_the_model_key(
     assert (manifest.cohort.speakers, manifest.cohort.recordings, manifest.cohort.top_n) == (4, 31, 3)
     asnorm = manifest.calibration["asnorm"]
     assert asnorm.cohort_sha256 == manifest.cohort.sha256
-    assert asnorm.threshold == pytest.approx(evaluation["scores"]["asnorm"]["eer_threshold"], abs=1e-6)
+    # Two runs batch the files differently (timing): embeddings agree within float noise (1e-4 is the batch
+    # invariance tolerance), which AS-Norm's scale (scores near 3) turns into about 1e-6 on a threshold.
+    assert asnorm.threshold == pytest.approx(evaluation["scores"]["asnorm"]["eer_threshold"], abs=1e-5)
 
 
 def test_eval_reports_both_score_types_and_draws_the_det_plot(evaluation: dict[str, Any]) -> None:

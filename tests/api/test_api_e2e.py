@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +19,7 @@ from app.engine.manifest import load_manifest
 from tests.support.data import speech_files, wav_part
 from tests.support.models import default_model_dir
 from tests.support.redis_server import RedisProcess, settings_for
+from tests.support.service import LiveService
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +36,29 @@ def settings(redis_server: RedisProcess) -> Settings:
     return settings_for(redis_server.url, default_model_dir())
 
 
-@pytest.fixture(scope="module")
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+@pytest.fixture(scope="module", params=["one-process", "two-workers"])
+def client(
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    redis_server: RedisProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TestClient | httpx.Client]:
+    """The app in this process, then a real `voxgate serve` with two front-end workers and an inference
+    process: the same tests, the same figures."""
+    if request.param == "one-process":
+        with TestClient(create_app(settings)) as c:
+            yield c
+        return
+    workdir = tmp_path_factory.mktemp("e2e-workers")
+    with (
+        LiveService(default_model_dir(), redis_server.url, workdir, {"workers": "2"}) as service,
+        httpx.Client(base_url=service.url, timeout=60) as c,
+    ):
         yield c
 
 
 @pytest.fixture(scope="module")
-def scores(client: TestClient) -> dict[Path, dict[str, float]]:
+def scores(client: TestClient | httpx.Client) -> dict[Path, dict[str, float]]:
     """Every held-out recording's cosine to every enrolled speaker (one identify call each)."""
     for speaker, files in SPEECH.items():
         r = client.post(
@@ -72,7 +89,7 @@ def test_same_speaker_scores_beat_different_speaker_scores(scores: dict[Path, di
 
 
 def test_identification_picks_the_right_speaker(
-    client: TestClient, scores: dict[Path, dict[str, float]]
+    client: TestClient | httpx.Client, scores: dict[Path, dict[str, float]]
 ) -> None:
     threshold = load_manifest(default_model_dir()).default_threshold
     top1 = [max(s, key=s.__getitem__) == f.parent.name for f, s in scores.items()]
@@ -93,7 +110,7 @@ def test_identification_picks_the_right_speaker(
 
 
 def test_verify_agrees_with_identify_and_compares_two_recordings(
-    client: TestClient, scores: dict[Path, dict[str, float]]
+    client: TestClient | httpx.Client, scores: dict[Path, dict[str, float]]
 ) -> None:
     probe = SPEECH["vctk_p226"][ENROLL_PER_SPEAKER]
     for speaker in ("vctk_p226", "vctk_p225", "librispeech_1688"):
@@ -110,7 +127,7 @@ def test_verify_agrees_with_identify_and_compares_two_recordings(
     assert pair_diff["match"] is False
 
 
-def test_enrollment_warns_about_a_different_voice(client: TestClient) -> None:
+def test_enrollment_warns_about_a_different_voice(client: TestClient | httpx.Client) -> None:
     r = client.post("/enroll", data={"speaker_id": "mixup"}, files=[wav(SPEECH["vctk_p225"][0])])
     assert r.json()["warnings"] == []
     r = client.post("/enroll", data={"speaker_id": "mixup"}, files=[wav(SPEECH["librispeech_2033"][0])])

@@ -27,6 +27,7 @@ from app.api.problems import install_problem_handlers
 from app.core.errors import OVERLOAD_REASONS, Overloaded, RateLimited
 from app.core.logs import configure_logging
 from app.core.settings import Settings
+from app.engine import ipc
 from app.store.connection import redis_client
 from tests.support.data import REPO_ROOT, speech_files, wav_bytes
 from tests.support.models import build_tiny_model
@@ -171,6 +172,15 @@ def test_every_overload_reason_and_unknown_codes_get_their_own_label(access_line
     assert problem_label("x" * 80) == OTHER_PROBLEM
 
 
+def test_an_overload_reason_survives_the_wire_between_processes() -> None:
+    # Refused in the inference process, answered by a front-end worker: the reason travels along.
+    for reason in OVERLOAD_REASONS:
+        sent = Overloaded("busy", retry_after_s=2.0, reason=reason)
+        received = ipc.decode_error(ipc.encode_error(7, sent))
+        assert isinstance(received, Overloaded)
+        assert (received.reason, received.retry_after_s, received.extra) == (reason, 2.0, {})
+
+
 # --- decisions, scores, speakers -------------------------------------------------------------------
 def test_decisions_and_scores_are_counted_per_endpoint(redis_server: RedisProcess, tiny_model: Path) -> None:
     settings = settings_for(redis_server.url, tiny_model)
@@ -222,12 +232,12 @@ def test_the_speakers_gauge_counts_every_tenant_of_the_model_from_any_replica(
 
 
 # --- a real process: the access log line and /metrics ----------------------------------------------
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["one process", "two workers"])
 def test_a_served_process_logs_and_counts_a_rate_limited_key(
-    redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
+    redis_server: RedisProcess, tiny_model: Path, tmp_path: Path, workers: str
 ) -> None:
-    with LiveService(
-        tiny_model, redis_server.url, tmp_path, {"auth": "required", "log_level": "INFO"}
-    ) as service:
+    settings = {"auth": "required", "log_level": "INFO", "workers": workers}
+    with LiveService(tiny_model, redis_server.url, tmp_path, settings) as service:
         env = {
             "REDIS_URL": redis_server.url,
             "VOXGATE_REDIS_NAMESPACE": service.env["VOXGATE_REDIS_NAMESPACE"],

@@ -48,8 +48,8 @@ async def readyz(state: State) -> Response:
 )
 async def metrics(state: State) -> Response:
     """HTTP request counts/latencies and the engine's queue, batch and inference metrics."""
-    body = generate_latest(state.registry)
-    engine_registry = state.engine.metrics.registry
-    if engine_registry is not state.registry:  # an engine shared by several apps keeps its own
+    body = generate_latest(state.exposition)
+    engine_registry = state.engine.metrics_registry
+    if engine_registry is not None and engine_registry is not state.registry:  # an engine of its own
         body += generate_latest(engine_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
