@@ -67,6 +67,16 @@ def url_with_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
+def url_without_password(url: str) -> str:
+    """``url`` with no password in it (what ``url_with_password`` was given)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = quote(parts.username, safe="") if parts.username else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+
+
 def env_var(field: str) -> str:
     """The environment variable of a setting (``port`` -> ``VOXGATE_PORT``)."""
     return f"{ENV_PREFIX}{field.upper()}"

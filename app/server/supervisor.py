@@ -39,7 +39,7 @@ from pathlib import Path
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
 
-from app.core.settings import Settings, env_var
+from app.core.settings import Settings, env_var, url_without_password
 from app.engine.board import Board
 from app.server.protocol import LISTEN_BACKLOG
 
@@ -124,7 +124,9 @@ class Supervisor:
             }
         )
         if s.redis_url is not None:
-            env[env_var("redis_url")] = s.redis_url
+            # A password from VOXGATE_REDIS_PASSWORD_FILE stays in its file: children read it from there.
+            given = s.redis_url if s.redis_password_file is None else url_without_password(s.redis_url)
+            env[env_var("redis_url")] = given
             env.pop("REDIS_URL", None)
         return env
 

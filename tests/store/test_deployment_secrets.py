@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.api.factory import create_app
 from app.core.crypto import sealed_version
-from app.core.settings import url_with_password
+from app.core.settings import url_with_password, url_without_password
 from app.core.settings_errors import InvalidSettings, load_settings
 from tests.support.data import speech_files, wav_bytes
 from tests.support.models import build_tiny_model
@@ -101,6 +101,8 @@ def test_the_redis_password_file_goes_into_the_url(clean_env: pytest.MonkeyPatch
     with pytest.raises(InvalidSettings, match="names a password already"):
         load_settings()
     assert url_with_password("redis://app@redis:6379/0", "pw") == "redis://app:pw@redis:6379/0"
+    assert url_without_password(url) == "redis://redis:6379/0"
+    assert url_without_password("redis://app:pw@redis:6379/0") == "redis://app@redis:6379/0"
 
 
 # --- the warning ------------------------------------------------------------------------------------------
@@ -126,7 +128,24 @@ def test_encryption_off_on_a_public_address_is_a_loud_warning(
 
 
 # --- a password-protected Redis, for real ------------------------------------------------------------------
-def test_a_served_process_reads_its_secrets_from_files(tmp_path: Path, tiny_model: Path) -> None:
+def _environments(pid: int) -> list[bytes]:
+    """The environment of ``pid`` and of every process below it (Linux /proc)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            found.append(Path(f"/proc/{current}/environ").read_bytes())
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending += [int(child) for child in children]
+    return found
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["one process", "two workers"])
+def test_a_served_process_reads_its_secrets_from_files(
+    tmp_path: Path, tiny_model: Path, workers: str
+) -> None:
     password = "pw-" + "7" * 40
     protected = OwnRedis(tmp_path / "redis", password=password)
     (tmp_path / "redis").mkdir()
@@ -142,10 +161,14 @@ def test_a_served_process_reads_its_secrets_from_files(tmp_path: Path, tiny_mode
     try:
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=protected.port).ping()  # nobody gets in without it
-        with LiveService(
-            tiny_model, protected.url, tmp_path / "serve", {**files, "host": "127.0.0.1"}
-        ) as svc:
+        settings = {**files, "host": "127.0.0.1", "workers": workers}
+        with LiveService(tiny_model, protected.url, tmp_path / "serve", settings) as svc:
             assert "password" not in svc.env["REDIS_URL"]
+            environments = _environments(svc.pid)
+            assert len(environments) >= (4 if workers == "2" else 1)  # supervisor, inference, 2 workers
+            for environment in environments:  # the secrets stay in their files, in every process
+                assert password.encode() not in environment
+                assert KEY.encode() not in environment
             enrolled = httpx.post(
                 f"{svc.url}/enroll", data={"speaker_id": "s"}, files=[wav(SPEECH["vctk_p225"][0])]
             )
