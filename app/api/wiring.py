@@ -125,7 +125,9 @@ async def open_state(
             tenants=tenants,
             speakers=SpeakerOperations(engine, tenants, Policy.from_settings(settings, manifest)),
             forms=forms,
-            admission=Admission(engine, budget, settings.max_queue_wait_s, on_their_way),
+            admission=Admission(
+                engine, budget, settings.max_queue_wait_s, on_their_way, settings.request_timeout_s
+            ),
             intake=intake,
             gate=gate,
             registry=registry,
