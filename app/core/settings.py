@@ -255,7 +255,7 @@ class Settings(BaseSettings):
         100_000,
         ge=100,
         description="Events kept per tenant in each audit stream (changes and operators' acts; decisions; "
-        "refusals); older ones are trimmed. About 130 bytes per decision: the default holds 100 s of "
+        "refusals); older ones are trimmed. About 127 bytes per decision: the default holds 100 s of "
         "decisions at 1,000/s (docs/security.md); the voxgate.audit log lines are the complete record.",
     )
 

@@ -211,10 +211,11 @@ def test_retention_expiries_are_audited(redis_server: RedisProcess, tiny_model: 
 def test_the_footprint_script_measures_bytes_per_event(redis_server: RedisProcess) -> None:
     run = subprocess.run(
         [sys.executable, "scripts/audit_footprint.py", "--redis-url", redis_server.url, "--events", "2000",
-         "--rate", "1000", "--max-events", "100000"],
+         "--rate", "1000", "--max-events", "100000", "--timings", "50"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     per_event = float(re.search(r"^([0-9.]+) bytes per decision event", run.stdout, re.M).group(1))  # type: ignore[union-attr]
     assert 40 < per_event < 400
     assert "100 s of decisions at 1000/s" in run.stdout
+    assert len(re.findall(r"^.+: median [0-9.]+ ms, p99 [0-9.]+ ms$", run.stdout, re.M)) == 3
