@@ -16,14 +16,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from app.access.lockout import Lockout, Outcome, Settled
+from app.api.factory import create_app
 from app.core.errors import SpeakerLocked
 from app.store.connection import Batch, redis_client
 from tests.support.access import bearer
-from tests.support.data import speech_files, wav_bytes
+from tests.support.data import speech_files, wav_bytes, wav_part
 from tests.support.models import build_tiny_model
-from tests.support.redis_server import RedisProcess
+from tests.support.redis_server import RedisProcess, settings_for
 from tests.support.service import LiveService, run_voxgate
 
 SPEECH = speech_files()["librispeech_1688"]
@@ -208,3 +210,12 @@ def test_attempts_under_way_count_until_settled_and_lapse_when_their_replica_die
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_without_a_lockout_failures_only_fail(redis_server: RedisProcess, tmp_path: Path) -> None:
+    settings = settings_for(redis_server.url, build_tiny_model(tmp_path), lockout_failures=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        c.post("/enroll", data={"speaker_id": "eve"}, files=[wav_part(SPEECH[0])])
+        for _ in range(FAILURES + 2):
+            r = c.post("/verify", data={"speaker_id": "eve", "threshold": "1"}, files=[wav_part(SPEECH[2])])
+            assert (r.status_code, r.json()["match"]) == (200, False)
