@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -123,7 +123,6 @@ class AuditNote:
     detail: str | None = None
 
 
-FIELD_NAMES = tuple(f.name for f in fields(AuditEvent))
 DECISION_ACTIONS = frozenset({"verify", "identify"})
 # Events any client can cause at the rate it sends (not actions on the tenant's data).
 REFUSAL_ACTIONS = frozenset({"rate_limit", "authorize"})
@@ -195,7 +194,7 @@ class AuditLog:
         naming ``speaker_id`` when given (then every stream is scanned, in chunks)."""
         if speaker_id is not None:
             found = [e async for e in self.scan(tenant, since) if e.speaker_id == speaker_id]
-            return sort_events(found)[:limit]
+            return sorted(found, key=lambda e: e.time)[:limit]
         lo = "-" if since is None else f"{int(since * 1000)}-0"
         entries: list[tuple[tuple[int, int], Any]] = []
         async with redis_errors():
@@ -252,7 +251,3 @@ class AuditLog:
                     time.time(), tenant, key_id, speaker_id, action, outcome, request_id, detail=note.detail
                 )
             )
-
-
-def sort_events(events: Iterable[AuditEvent]) -> list[AuditEvent]:
-    return sorted(events, key=lambda e: e.time)

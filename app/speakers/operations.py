@@ -56,9 +56,9 @@ from app.speakers.results import (
     Verification,
 )
 from app.speakers.scoring import Score
-from app.store.connection import Batch
+from app.store.connection import Batch, reply
 from app.store.index import Hit, VoiceprintIndex
-from app.store.redis_store import CLIP_DIGEST_BYTES, DuplicateRecordings, Voiceprint
+from app.store.redis_store import CLIP_DIGEST_BYTES, DuplicateRecordings, RedisVoiceprintStore, Voiceprint
 from app.store.tenants import TenantIndexes
 from app.store.thresholds import TenantPolicies, ThresholdOverrides
 
@@ -489,7 +489,7 @@ class VerificationAttempt:
         self.decided = False
 
     @property
-    def _store(self) -> Any:
+    def _store(self) -> RedisVoiceprintStore:
         return self.ops.tenants.store(self.caller.tenant)
 
     async def begin(self, requested: float | None) -> None:
@@ -510,7 +510,7 @@ class VerificationAttempt:
         answers = await batch.run()
         if begun is not None and not isinstance(answers[begun], Exception) and int(answers[begun][0]) == 1:
             self.attempt_id = attempt_id
-        self.applied = ops._applied(caller, ThresholdOverrides.parse(answers[policy] or {}), requested)
+        self.applied = ops._applied(caller, ThresholdOverrides.parse(reply(answers[policy]) or {}), requested)
         self.voiceprint = await self._store.voiceprint(speaker_id, answers[got])
         if self.voiceprint is None:
             raise await ops._not_found(caller.tenant, speaker_id)
