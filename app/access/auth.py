@@ -1,12 +1,14 @@
-"""API keys bound to tenants, and the gate every request passes (authentication, rate limit, audit).
+"""API keys bound to tenants, and the gate every request passes (authentication, rate limit, scope,
+audit).
 
 Keys are kept in Redis, so every replica sees a new or revoked key at once.
 
 A key is ``vgk_<key id>_<secret>``: the key id (12 hex digits) names it in lists, logs and the audit
 trail; the secret (256 random bits) is shown once, at creation. Redis holds only the SHA-256 of the
-secret (a key of 256 random bits needs no slow hash), the tenant, a label, optional per-key rate limits
-and the creation and revocation times. Every request reads its key's record (no cache), so a
-revocation takes effect on the next request on every replica; secrets are compared in constant time.
+secret (a key of 256 random bits needs no slow hash), the tenant, a label, its scopes
+(``app.access.scopes``), optional per-key rate limits and thresholds, an optional expiry, and the creation
+and revocation times. Every request reads its key's record (no cache), so a revocation takes effect on the
+next request on every replica; secrets are compared in constant time.
 """
 
 from __future__ import annotations
@@ -26,13 +28,23 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from app.access.audit import AuditEvent, AuditLog
+from app.access.audit import AuditEvent, AuditLog, AuditNote
 from app.access.ratelimit import RateLimiter
-from app.core.errors import InvalidApiKey, MissingApiKey, RateLimited, RevokedApiKey, VoxGateError
+from app.access.scopes import ALL_SCOPES, DEFAULT_SCOPES, Scope, scopes_text, stored_scopes
+from app.core.errors import (
+    ExpiredApiKey,
+    InsufficientScope,
+    InvalidApiKey,
+    MissingApiKey,
+    RateLimited,
+    RevokedApiKey,
+    VoxGateError,
+)
 from app.core.ids import UNAUTHENTICATED_TENANT, validate_tenant
 from app.core.limits import check_limits
 from app.store.connection import redis_errors, reply_text
 from app.store.keys import api_key_key, api_keys_index
+from app.store.thresholds import NO_OVERRIDES, ThresholdOverrides
 
 KEY_PREFIX = "vgk"
 _KEY_RE = re.compile(rf"{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
@@ -65,19 +77,29 @@ class ApiKey:
     rate: float | None = None  # requests per second; None = the service default
     burst: int | None = None
     revoked_at: float | None = None
+    scopes: frozenset[Scope] = DEFAULT_SCOPES
+    expires_at: float | None = None  # None = never
+    thresholds: ThresholdOverrides = NO_OVERRIDES
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (time.time() if now is None else now)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "key_id": self.key_id,
             "tenant": self.tenant,
             "name": self.name,
+            "scopes": scopes_text(self.scopes).split(",") if self.scopes else [],
             "rate": self.rate,
             "burst": self.burst,
+            "threshold": self.thresholds.threshold,
+            "threshold_floor": self.thresholds.floor,
             "created_at": self.created_at,
+            "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
         }
 
@@ -100,6 +122,7 @@ def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey | None:
         # Written before the limits were checked (a NaN rate), or by hand: the service defaults apply.
         log.warning("API key %s has unusable limits (%s); using the defaults", key_id, exc)
         rate = burst = None
+    scopes = raw.get(b"scopes")
     return ApiKey(
         key_id=key_id,
         tenant=tenant,
@@ -108,6 +131,10 @@ def _parse(key_id: str, raw: dict[bytes, bytes]) -> ApiKey | None:
         rate=rate,
         burst=burst,
         revoked_at=(_time(raw[b"revoked_at"]) or 0.0) if raw.get(b"revoked_at") else None,
+        scopes=stored_scopes(None if scopes is None else reply_text(scopes)),
+        # Unreadable: expired (fail closed), as an unreadable revocation time counts as revoked.
+        expires_at=(_time(raw[b"expires_at"]) or 0.0) if raw.get(b"expires_at") else None,
+        thresholds=ThresholdOverrides.parse(raw),
     )
 
 
@@ -124,7 +151,15 @@ class ApiKeys:
         self.namespace = namespace
 
     async def create(
-        self, tenant: str, name: str = "", rate: float | None = None, burst: int | None = None
+        self,
+        tenant: str,
+        name: str = "",
+        rate: float | None = None,
+        burst: int | None = None,
+        *,
+        scopes: frozenset[Scope] = DEFAULT_SCOPES,
+        expires_at: float | None = None,
+        thresholds: ThresholdOverrides = NO_OVERRIDES,
     ) -> tuple[ApiKey, str]:
         """A new key for ``tenant``: its record and the full key text (shown once, never stored)."""
         validate_tenant(tenant)
@@ -133,14 +168,33 @@ class ApiKeys:
             raise ValueError(
                 f"a key name is at most {MAX_KEY_NAME} printable characters (no control characters)"
             )
+        if not scopes or not scopes <= ALL_SCOPES:
+            raise ValueError("a key needs at least one scope")
+        now = time.time()
+        if expires_at is not None and expires_at <= now:
+            raise ValueError("the key's expiry is in the past")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        record = ApiKey(key_id, tenant, name, time.time(), rate, burst)
+        record = ApiKey(
+            key_id,
+            tenant,
+            name,
+            now,
+            rate,
+            burst,
+            scopes=scopes,
+            expires_at=expires_at,
+            thresholds=thresholds,
+        )
         fields: dict[FieldT, EncodableT] = {
             "tenant": tenant,
             "name": name,
             "hash": _hash(secret),
             "created_at": repr(record.created_at),
+            "scopes": scopes_text(scopes),
+            **thresholds.fields(),
         }
+        if expires_at is not None:
+            fields["expires_at"] = repr(float(expires_at))
         if rate is not None:
             fields["rate"] = repr(float(rate))
         if burst is not None:
@@ -189,6 +243,8 @@ class ApiKeys:
             raise KeyRefused(InvalidApiKey("the API key is not valid"), record)
         if record.revoked:
             raise KeyRefused(RevokedApiKey(f"API key {key_id} was revoked"), record)
+        if record.expired():
+            raise KeyRefused(ExpiredApiKey(f"API key {key_id} expired"), record)
         return record
 
 
@@ -218,10 +274,17 @@ class KeyRefused(Exception):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request acts for: its tenant (from its key, never from the request) and that key's id."""
+    """Who a request acts for: its tenant (from its key, never from the request), that key's id, what
+    it may do and the thresholds its key carries."""
 
     tenant: str
     key_id: str | None = None  # None when the service runs without keys
+    # Without keys: every endpoint, but no lowering of a threshold below the floor (no key could carry it).
+    scopes: frozenset[Scope] = DEFAULT_SCOPES
+    thresholds: ThresholdOverrides = NO_OVERRIDES
+
+    def may(self, scope: Scope) -> bool:
+        return scope in self.scopes
 
 
 class Gate:
@@ -250,8 +313,8 @@ class Gate:
         identified: Callable[[Caller], None] | None = None,
     ) -> Caller:
         """The caller of a request with these ``Authorization`` and ``X-API-Key`` header values, or a
-        401 (no, invalid or revoked key) / 429 (rate limit) raised. ``identified`` is told the caller
-        once its key is accepted, before the rate limit (logs name the key of a rate-limited request)."""
+        401 (no, invalid, revoked or expired key) / 429 (rate limit) raised. ``identified`` is told the
+        caller once its key is accepted, before the rate limit (logs name a rate-limited request's key)."""
         if not self.required:
             caller = Caller(self.open_tenant)
             if identified is not None:
@@ -274,7 +337,7 @@ class Gate:
             # known key id could otherwise fill that tenant's audit stream).
             await self._refused(refused.key, "authenticate", refused.error.code, request_id)
             raise refused.error from None
-        caller = Caller(key.tenant, key.key_id)
+        caller = Caller(key.tenant, key.key_id, key.scopes, key.thresholds)
         if identified is not None:
             identified(caller)
         try:
@@ -284,9 +347,26 @@ class Gate:
             raise
         return caller
 
+    async def authorize(self, caller: Caller, scope: Scope, request_id: str | None) -> Caller:
+        """``caller`` when its key holds ``scope``, else 403 ``insufficient_scope`` (audited with the
+        tenant's refusals)."""
+        if caller.may(scope):
+            return caller
+        await self.audit.record(
+            AuditEvent(
+                time.time(), caller.tenant, caller.key_id, None, "authorize", InsufficientScope.code,
+                request_id, detail=f"needs {scope.value}",
+            )
+        )  # fmt: skip
+        raise InsufficientScope(
+            f"API key {caller.key_id} does not hold the scope {scope.value!r} this needs "
+            f"(it holds: {scopes_text(caller.scopes) or 'none'})",
+            required_scope=scope.value,
+        )
+
     def audited(
         self, caller: Caller, action: str, speaker_id: str | None, request_id: str | None
-    ) -> AbstractAsyncContextManager[None]:
+    ) -> AbstractAsyncContextManager[AuditNote]:
         """Record ``action`` by ``caller`` with the outcome of the block it wraps."""
         return self.audit.audited(caller.tenant, caller.key_id, action, speaker_id, request_id)
 

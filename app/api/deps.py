@@ -7,13 +7,14 @@ request (docs/performance.md)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.access.auth import Caller
+from app.access.scopes import Scope
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
 from app.api.middleware import ARRIVED_STATE_KEY, note_caller
 from app.api.multipart import declared_length
@@ -56,6 +57,25 @@ async def authenticate(
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def _holding(scope: Scope) -> Callable[..., Awaitable[Caller]]:
+    async def authorize(request: Request, state: State, caller: CallerDep) -> Caller:
+        """The caller, when its key holds the scope; else 403 ``insufficient_scope``."""
+        return await state.gate.authorize(caller, scope, _request_id(request))
+
+    authorize.__name__ = f"authorize_{scope.name.lower()}"
+    return authorize
+
+
+# A route names the scope it needs by the caller it takes (declared first, so that the scope is checked
+# before any body is read).
+EnrollCaller = Annotated[Caller, Depends(_holding(Scope.ENROLL))]
+VerifyCaller = Annotated[Caller, Depends(_holding(Scope.VERIFY))]
+IdentifyCaller = Annotated[Caller, Depends(_holding(Scope.IDENTIFY))]
+ReadCaller = Annotated[Caller, Depends(_holding(Scope.READ))]
+DeleteCaller = Annotated[Caller, Depends(_holding(Scope.DELETE))]
+ExportCaller = Annotated[Caller, Depends(_holding(Scope.EXPORT))]
 
 
 def _request_id(request: Request) -> str | None:

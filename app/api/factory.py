@@ -32,7 +32,9 @@ API_DESCRIPTION = """\
 Enroll speakers, verify a voice against an enrolled speaker or a second recording, identify a voice
 among the enrolled speakers. Scores are raw **cosine similarities** in [-1, 1], or AS-Norm scores when
 the service normalises them (`score_type` says which; `llr` is the calibrated log-likelihood ratio when
-enabled); `match` means score >= threshold (the model's default unless the request gives one). Only
+enabled); `match` means score >= threshold. The threshold is the operator's - the model's, or the one set
+for the tenant or the API key - unless the request gives a stricter one (`threshold_source` says which); a
+request's threshold below the operator's floor is refused unless the key holds `threshold-override`. Only
 speech counts: noise, music, tones and silence are `no_speech`.
 
 Audio: WAV (PCM 8/16/24/32-bit, float), FLAC, OGG (Vorbis, Opus) or MP3, sample rates 4-768 kHz, any channel
@@ -52,12 +54,15 @@ gives Unix time, like the API).
 
 Every error is an RFC 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`,
 `request_id`, and `instance`, the path, once the request's headers were read) with a stable `code`:
-`invalid_audio` 400; `missing_api_key`, `invalid_api_key`, `revoked_api_key` 401 (with
-`WWW-Authenticate`); `speaker_not_found` 404;
-`request_timeout` 408 (headers or body too slow); `unlike_voiceprint` 409 (when enrollment refuses a
-recording unlike the voiceprint); `audio_too_large` 413 (from `Content-Length` before the body is read,
-or while it streams in); `unsupported_media_type` 415; `audio_too_long`, `no_speech`,
-`not_enough_speech`, `invalid_speaker_id`, `invalid_request` 422; `overloaded` (the server) and
+`invalid_audio` 400; `missing_api_key`, `invalid_api_key`, `revoked_api_key`, `expired_api_key` 401 (with
+`WWW-Authenticate`); `insufficient_scope` (the key lacks the endpoint's scope), `threshold_below_floor`
+(a threshold below the operator's floor) 403; `speaker_not_found` 404;
+`request_timeout` 408 (headers or body too slow); `unlike_voiceprint` (a recording unlike the voiceprint)
+and `duplicate_audio` (a recording already enrolled) 409, when enrollment refuses them;
+`audio_too_large` 413 (from `Content-Length` before the body is read, or while it streams in);
+`unsupported_media_type` 415; `audio_too_long`, `no_speech`, `not_enough_speech`, `invalid_speaker_id`,
+`invalid_request` 422; `speaker_locked` 423 (too many failed verifications of the speaker, with
+`Retry-After`: not to be retried at once); `overloaded` (the server) and
 `rate_limited` (the API key) 429, both with `Retry-After`; `internal_error` 500 (a bug: the traceback is
 logged under the request id); `store_unavailable`, `engine_unavailable`, `connection_limit` 503;
 `store_full` 507 (Redis at its memory limit refuses writes); `deadline_exceeded` 504. A refused request
@@ -66,7 +71,8 @@ never changes stored data.
 Authentication: when the service requires keys (`VOXGATE_AUTH`), every endpoint but `/healthz`,
 `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`
 (one key; two different ones are `invalid_api_key`); the key's tenant is the only tenant a request can
-see.
+see, and its scopes say which endpoints it may call: `enroll`, `verify`, `identify`, `read` (list and get
+speakers), `delete`, `export` (`GET /speakers/{id}/export`), and `threshold-override`.
 """
 
 

@@ -57,9 +57,19 @@ AudioFile = Annotated[
     WithJsonSchema({"type": "string", "format": "binary"}),
 ]
 SpeakerId = Annotated[str, StringConstraints(pattern=SPEAKER_ID_PATTERN)]
+_FLOOR = (
+    "Stricter than the operator's threshold, or at least at its floor: below it the answer is 403 "
+    "threshold_below_floor unless the API key holds the threshold-override scope."
+)
 Threshold = Annotated[
     float | None,
-    Field(None, ge=-1.0, le=1.0, allow_inf_nan=False, description="Cosine threshold for a match."),
+    Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=f"Cosine threshold for a match. {_FLOOR}",
+    ),
 ]
 # VOXGATE_SCORE_NORMALIZATION=asnorm: scores (and thresholds) are AS-Norm z-scores, not cosines.
 ASNORM_THRESHOLD_LIMIT = 100.0
@@ -70,7 +80,7 @@ AsnormThreshold = Annotated[
         ge=-ASNORM_THRESHOLD_LIMIT,
         le=ASNORM_THRESHOLD_LIMIT,
         allow_inf_nan=False,
-        description="AS-Norm score threshold for a match.",
+        description=f"AS-Norm score threshold for a match. {_FLOOR}",
     ),
 ]
 

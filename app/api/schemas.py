@@ -28,6 +28,17 @@ class ScoreType(StrEnum):
     ASNORM = "asnorm"
 
 
+class ThresholdSource(StrEnum):
+    """Where a decision's threshold came from: the model (its manifest or calibration), the service
+    (VOXGATE_THRESHOLD), the tenant's policy or the API key's (set by the operator), or the request."""
+
+    MODEL = "model"
+    SERVICE = "service"
+    TENANT = "tenant"
+    KEY = "key"
+    REQUEST = "request"
+
+
 class Precision(StrEnum):
     """Numeric precision of a served graph."""
 
@@ -99,6 +110,7 @@ class VerifyResponse(_Out):
     score_type: ScoreType = ScoreType.COSINE
     llr: float | None = Field(None, description=LLR_DESCRIPTION)
     threshold: float
+    threshold_source: ThresholdSource = Field(description="Where the threshold came from.")
     match: bool = Field(description="score >= threshold")
     model: str
     warnings: list[Notice] = Field(default_factory=list)
@@ -116,6 +128,7 @@ class IdentifyResponse(_Out):
     score_type: ScoreType = ScoreType.COSINE
     llr: float | None = Field(None, description=LLR_DESCRIPTION + " Of speaker_id's score.")
     threshold: float
+    threshold_source: ThresholdSource = Field(description="Where the threshold came from.")
     searched: int = Field(description="How many enrolled speakers were compared.")
     model: str
     warnings: list[Notice] = Field(default_factory=list)
@@ -146,6 +159,57 @@ class SpeakerPage(_Out):
 class DeleteResponse(_Out):
     speaker_id: str
     deleted_models: list[str] = Field(description="Model keys under which the speaker was erased.")
+
+
+class HeldVoiceprint(_Out):
+    """What is stored about a speaker under one model, without the voiceprint itself."""
+
+    model: str
+    utterances: int
+    speech_seconds: float
+    recordings_fingerprinted: int = Field(
+        description="Recordings whose digest (SHA-256 of the decoded audio, 128 bits) is kept to detect "
+        "duplicate enrollments; the digests themselves are not exported."
+    )
+    metadata: dict[str, Any] | None = Field(
+        description="As enrolled; null when it is sealed under data keys that were erased."
+    )
+    created_at: float = Field(description="Unix time")
+    updated_at: float = Field(description="Unix time")
+    expires_at: float | None = Field(description="Unix time (retention); null = kept until deleted.")
+
+
+class AuditRecord(_Out):
+    """One audit event: never audio, embeddings or metadata."""
+
+    time: float = Field(description="Unix time")
+    tenant: str
+    key_id: str | None = Field(description="The API key that acted (null: keys off, or an operator).")
+    speaker_id: str | None
+    action: str = Field(examples=["verify"])
+    outcome: str = Field(description="ok, or the problem code the request was answered with.")
+    request_id: str | None
+    score: float | None
+    threshold: float | None
+    threshold_source: ThresholdSource | None
+    match: bool | None
+    actor: str | None = Field(description="Who ran an operator's command (cli:user@host).")
+    detail: str | None
+
+
+class SpeakerExport(_Out):
+    """Everything held about one speaker except the voiceprint itself (a data-subject request)."""
+
+    speaker_id: str
+    tenant: str
+    exported_at: float = Field(description="Unix time")
+    voiceprints: list[HeldVoiceprint] = Field(description="One per model the speaker is enrolled under.")
+    locked_until: float | None = Field(description="Unix time the speaker's lockout ends; null = not locked.")
+    recent_failed_verifications: int = Field(description="Failed verifications within the lockout window.")
+    audit_events: list[AuditRecord] = Field(
+        description="Every audit event naming the speaker still in the tenant's trail (capped at "
+        "VOXGATE_AUDIT_MAX_EVENTS per stream), oldest first."
+    )
 
 
 class Health(_Out):

@@ -10,10 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from app.access.audit import AuditLog
 from app.access.auth import ApiKeys, Gate
+from app.access.lockout import Lockout
 from app.access.ratelimit import RateLimiter
 from app.api.forms import Forms
 from app.api.state import AppState
@@ -40,6 +41,7 @@ from app.store.keys import KeySchema
 from app.store.redis_store import RedisVoiceprintStore
 from app.store.retention import RetentionSweeper, convert_legacy_expiry
 from app.store.tenants import REDIS_STARTUP_TIMEOUT_S, TenantIndexes
+from app.store.thresholds import TenantPolicies
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,10 @@ async def open_state(
         tenants = TenantIndexes(store, settings.index_sync_interval_s)
         stack.push_async_callback(tenants.stop)
         await tenants.start(settings.tenant)
-        sweeper = RetentionSweeper(store)
+        client, ns = store.client, settings.redis_namespace
+        audit = AuditLog(client, ns, settings.audit_max_events)
+
+        sweeper = RetentionSweeper(store, on_expired=audit.expired)
         sweeper.start()
         stack.push_async_callback(sweeper.stop)
         if slot is None:
@@ -129,6 +134,7 @@ async def open_state(
         trimmer.start()
         stack.push_async_callback(trimmer.stop)
         metrics = ServiceMetrics(registry)
+        stack.callback(metrics.unregister, registry)  # an app started again registers them again
         speakers_gauge = metrics.speakers.labels(manifest.model_key())
 
         async def count_speakers() -> None:
@@ -138,21 +144,47 @@ async def open_state(
         counting = Periodic("speakers gauge", SPEAKERS_GAUGE_INTERVAL_S, count_speakers)
         counting.start()
         stack.push_async_callback(counting.stop)
-        client, ns = store.client, settings.redis_namespace
         gate = Gate(
             ApiKeys(client, ns),
             RateLimiter(client, ns, settings.rate_limit_rps, settings.rate_limit_burst),
-            AuditLog(client, ns, settings.audit_max_events),
+            audit,
             required=settings.auth_required,
             open_tenant=settings.tenant,
+        )
+        # The metrics of this concern live with it; the HTTP metrics count the 423 answers by their code.
+        lockouts = Counter(
+            "voxgate_speaker_lockouts",
+            "Speakers locked after repeated failed verifications (by this replica's decisions)",
+            registry=registry,
+        )
+        stack.callback(registry.unregister, lockouts)  # an app started again registers it again
+        lockout = Lockout(
+            client,
+            ns,
+            failures=settings.lockout_failures,
+            window_s=settings.lockout_window_s,
+            lock_s=settings.lockout_s,
+            # A verification under way longer than any request may take died with its replica.
+            max_pending_s=settings.request_timeout_s + 30.0,
+            on_locked=lambda tenant: lockouts.inc(),
+        )
+        speakers = SpeakerOperations(
+            engine,
+            tenants,
+            Policy.from_settings(settings, manifest),
+            audit=audit,
+            lockout=lockout,
+            policies=TenantPolicies(client, ns),
         )
         state = AppState(
             settings=settings,
             engine=engine,
             tenants=tenants,
-            speakers=SpeakerOperations(engine, tenants, Policy.from_settings(settings, manifest)),
+            speakers=speakers,
             forms=forms,
-            admission=Admission(engine, budget, settings.max_queue_wait_s, on_their_way),
+            admission=Admission(
+                engine, budget, settings.max_queue_wait_s, on_their_way, settings.request_timeout_s
+            ),
             intake=intake,
             gate=gate,
             registry=registry,

@@ -7,10 +7,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.cli import accuracy, audit, embed, export, keys, reencrypt, selfcheck, serve, tenants
+from app.cli import (
+    accuracy,
+    audit,
+    embed,
+    export,
+    keys,
+    lockout,
+    reencrypt,
+    selfcheck,
+    serve,
+    speakers,
+    tenants,
+)
 
 # In the order ``voxgate --help`` lists them.
-FAMILIES = (serve, export, embed, selfcheck, keys, audit, tenants, reencrypt, accuracy)
+FAMILIES = (serve, export, embed, selfcheck, keys, audit, lockout, speakers, tenants, reencrypt, accuracy)
 
 
 def build_parser() -> argparse.ArgumentParser:

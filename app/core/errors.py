@@ -55,6 +55,23 @@ class RevokedApiKey(_Unauthorized):
     code = "revoked_api_key"
 
 
+class ExpiredApiKey(_Unauthorized):
+    code = "expired_api_key"
+
+
+# --- caller's rights (403) ---
+class InsufficientScope(VoxGateError):
+    """The key is valid but was not given the scope this endpoint needs (``voxgate keys create --scopes``)."""
+
+    status, code, title = 403, "insufficient_scope", "The API key lacks the scope this needs"
+
+
+class ThresholdBelowFloor(VoxGateError):
+    """A client asked for a laxer decision than the operator allows (the threshold floor)."""
+
+    status, code, title = 403, "threshold_below_floor", "Threshold below the floor"
+
+
 # --- client input (4xx) ---
 class InvalidAudio(VoxGateError):
     status, code, title = 400, "invalid_audio", "The audio could not be decoded"
@@ -83,6 +100,11 @@ class NotEnoughSpeech(VoxGateError):
 class UnlikeVoiceprint(VoxGateError):
     # VOXGATE_UNLIKE_VOICEPRINT=refuse: the recording conflicts with the voiceprint it would join.
     status, code, title = 409, "unlike_voiceprint", "Recording unlike the voiceprint"
+
+
+class DuplicateAudio(VoxGateError):
+    # VOXGATE_DUPLICATE_ENROLLMENT=refuse: the same recording is in the voiceprint (or twice in the request).
+    status, code, title = 409, "duplicate_audio", "Recording already enrolled"
 
 
 class InvalidSpeakerId(VoxGateError):
@@ -119,6 +141,14 @@ class RateLimited(_RetryLater):
     """This API key's own request rate (not the server's load)."""
 
     status, code, title = 429, "rate_limited", "Rate limit of the API key exceeded"
+
+
+class SpeakerLocked(_RetryLater):
+    """Too many failed verifications of this speaker (``VOXGATE_LOCKOUT_*``): verifications of it are
+    refused until the back-off ends or an operator clears it. 423, not 429: the speaker is locked, whoever
+    asks, and clients must not retry it as they retry their own rate limit."""
+
+    status, code, title = 423, "speaker_locked", "Speaker locked after failed verifications"
 
 
 class DeadlineExceeded(VoxGateError):

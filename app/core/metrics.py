@@ -2,10 +2,11 @@
 
 The HTTP layer counts requests and refusals (``app.api.middleware``), the engine its queue and batches
 (``app.engine.metrics``); these are the ones an operator watches for drift and abuse: how many
-verifications and identifications matched, the distribution of their scores, how many voiceprints are
-enrolled, and how many speakers were locked out. Labels are bounded sets only (endpoint, decision, score
-type, the replica's model key), never a tenant, key or speaker: a service with thousands of tenants must
-not make thousands of series (per-tenant figures: ``voxgate tenants list``, the audit trail).
+verifications and identifications matched, the distribution of their scores, and how many voiceprints
+are enrolled (speakers locked out: ``voxgate_speaker_lockouts_total``, counted where the lockout rule is
+wired, ``app.api.wiring``). Labels are bounded sets only (endpoint, decision, score type, the replica's
+model key), never a tenant, key or speaker: a service with thousands of tenants must not make thousands
+of series (per-tenant figures: ``voxgate tenants list``, the audit trail).
 """
 
 from __future__ import annotations
@@ -80,13 +81,10 @@ class ServiceMetrics:
             registry=registry,
             multiprocess_mode="livemax",  # each front-end worker reads the same count
         )
-        # Incremented by the verification lockout rule, once per speaker locked out (its refusals are
-        # counted by their problem code in voxgate_http_problems_total).
-        self.lockouts = Counter(
-            "voxgate_verify_lockouts_total",
-            "Speakers locked out of verification after repeated failed verifications.",
-            registry=registry,
-        )
+
+    def unregister(self, registry: CollectorRegistry) -> None:
+        for metric in (self.decisions, self.scores, self.speakers):
+            registry.unregister(metric)
 
     def observe_decision(
         self, endpoint: DecisionEndpoint, matched: bool, score: float | None, score_type: str

@@ -252,6 +252,12 @@ class Settings(BaseSettings):
         "unlike_voiceprint_threshold: warn = stored, with an unlike_voiceprint warning; refuse = 409 "
         "unlike_voiceprint, nothing of the request stored.",
     )
+    duplicate_enrollment: Literal["refuse", "warn"] = Field(
+        "refuse",
+        description="An enrollment recording whose decoded audio is already in the speaker's voiceprint "
+        "(or twice in one request): refuse = 409 duplicate_audio, nothing of the request stored; warn = "
+        "stored and counted again, with a duplicate_audio warning.",
+    )
     unlike_voiceprint_threshold: float | None = Field(
         None,
         ge=-1.0,
@@ -298,14 +304,30 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         1095.0,
         ge=0,
-        description="A voiceprint not enrolled into nor successfully verified for this long is deleted "
-        "(0 = kept until deleted).",
+        description="A voiceprint not enrolled into nor successfully verified for this long is deleted, "
+        "counted from its last use with the value in force now: a changed value applies to the voiceprints "
+        "already stored (0 = kept until deleted).",
     )
     audit_max_events: int = Field(
         100_000,
         ge=100,
-        description="Events kept per tenant in each audit stream (the trail; the rate-limit refusals); "
-        "older ones are trimmed.",
+        description="Events kept per tenant in each audit stream (changes and operators' acts; decisions; "
+        "refusals); older ones are trimmed. About 127 bytes per decision: the default holds 100 s of "
+        "decisions at 1,000/s (docs/security.md); the voxgate.audit log lines are the complete record.",
+    )
+
+    lockout_failures: int = Field(
+        5,
+        ge=0,
+        description="Failed verifications of one speaker within lockout_window_s after which verifications "
+        "of that speaker are refused (423 speaker_locked) for lockout_s; 0 = no lockout. Counted on every "
+        "replica together (Redis); cleared by a match or `voxgate lockout clear`.",
+    )
+    lockout_window_s: float = Field(
+        600.0, gt=0, description="The window in which lockout_failures failed verifications lock a speaker."
+    )
+    lockout_s: float = Field(
+        900.0, gt=0, description="How long a locked speaker stays locked (unless cleared by an operator)."
     )
 
     # --- Redis ---

@@ -233,10 +233,12 @@ class Admission:
         budget: MemoryBudget,
         max_queue_wait_s: float,
         on_their_way: OnTheirWay | None = None,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.engine = engine
         self.budget = budget
         self.max_queue_wait_s = max_queue_wait_s
+        self.request_timeout_s = request_timeout_s  # what a request may ever take (413 beyond)
         self._on_their_way = on_their_way or OnTheirWay()
 
     def expected_wait_s(self, own_samples: int = 0) -> float:
@@ -277,6 +279,7 @@ class Admission:
             queued_before_s=queued_decode_s,
             extra_samples=declared,
             extra_requests=undeclared,
+            budget_s=self.request_timeout_s,
         )
 
     def _move(self, undeclared: int, samples: int) -> None:

@@ -316,7 +316,7 @@ class EmbeddingEngine:
         extra_samples: int = 0,
         extra_requests: int = 0,
     ) -> None:
-        """``Load.refuse_unless_in_time`` on the engine's load now."""
+        """``Load.refuse_unless_in_time`` on the engine's load now (a request may take request_timeout_s)."""
         self.load().refuse_unless_in_time(
             samples,
             deadline,
@@ -324,6 +324,7 @@ class EmbeddingEngine:
             queued_before_s=queued_before_s,
             extra_samples=extra_samples,
             extra_requests=extra_requests,
+            budget_s=self.request_timeout_s,
         )
 
     def _check_running(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from app.core.errors import DeadlineExceeded, Overloaded
+from app.core.errors import AudioTooLarge, DeadlineExceeded, Overloaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +40,23 @@ class Load:
         queued_before_s: float = 0.0,
         extra_samples: float = 0,
         extra_requests: float = 0,
+        budget_s: float | None = None,
     ) -> None:
         """Refuse at once audio that cannot be through inference by its deadline, instead of queueing
-        it to time out: 504 when its own work alone is too long, 429 when the queue ahead (plus
+        it to time out: 413 ``audio_too_large`` when its own work alone needs more than a request may
+        ever take (``budget_s``, the request timeout: it can never be served, send less audio per
+        request), 504 when it needs more than is left of its deadline, 429 when the queue ahead (plus
         ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: the time the
         audio itself still needs before it reaches the engine (its decoding), ``queued_before_s``: the
         time it waits for that (others' decoding ahead of it)."""
         remaining = deadline - time.monotonic()
         alone = before_s + samples / self.speech_rate + samples / self.embed_rate
+        if budget_s is not None and alone > budget_s:
+            raise AudioTooLarge(
+                f"this request's audio needs about {alone:.0f} s of decoding and inference here, more than "
+                f"the {budget_s:g} s a request may take: send less audio per request",
+                max_request_seconds=budget_s,
+            )
         if alone > remaining:
             raise DeadlineExceeded(
                 f"this audio needs about {alone:.1f} s of decoding and inference; "

@@ -1,8 +1,9 @@
 """The decision rules, written once from the settings and the model's manifest: the speech gate (net
 speech per recording, ``app.audio.recording.SpeechGate``), the score (``app.speakers.scoring.Scorer``:
 cosine or AS-Norm, with an optional calibrated LLR), the decision threshold (settings, else the
-manifest's calibration, else its default) and what enrollment does with a recording unlike the
-voiceprint (warn, or refuse with 409)."""
+manifest's calibration, else its default; then the tenant's and the key's policy, then the request's
+within the floor: ``Policy.threshold_for``) and what enrollment does with a recording unlike the
+voiceprint or already enrolled (warn, or refuse with 409)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,33 @@ from pathlib import Path
 from typing import Literal
 
 from app.audio.recording import SpeechGate
+from app.core.errors import ThresholdBelowFloor
 from app.core.settings import Settings
 from app.engine.manifest import ModelManifest
 from app.speakers.scoring import Cohort, LlrCalibration, Scorer, ScoreType, check_calibration_current
+from app.store.thresholds import ThresholdOverrides
+
+# Where a decision's threshold came from: the model (its manifest or calibration), the service
+# (VOXGATE_THRESHOLD), the tenant's policy, the API key's, or the request itself.
+ThresholdSource = Literal["model", "service", "tenant", "key", "request"]
+THRESHOLD_SOURCES: tuple[ThresholdSource, ...] = ("model", "service", "tenant", "key", "request")
+
+
+@dataclass(frozen=True)
+class AppliedThreshold:
+    """The threshold a decision uses, where it came from, and the floor it was held to."""
+
+    value: float
+    source: ThresholdSource
+    floor: float
+    floor_source: ThresholdSource
+    default: float  # what the decision would have used without the request's own threshold
+
+    @property
+    def lowered(self) -> bool:
+        """The request asked for a laxer decision than the policy's: such a match never extends
+        retention (it proves less than a match at the policy's threshold)."""
+        return self.value < self.default
 
 
 @dataclass(frozen=True)
@@ -28,6 +53,7 @@ class Policy:
     scorer: Scorer = field(default_factory=Scorer)
     unlike_voiceprint: Literal["warn", "refuse"] = "warn"
     unlike_threshold: float | None = None  # cosine; None = threshold (a cosine policy's)
+    duplicate_enrollment: Literal["warn", "refuse"] = "refuse"
 
     @classmethod
     def from_settings(
@@ -47,7 +73,47 @@ class Policy:
             unlike_threshold=settings.unlike_voiceprint_threshold
             if settings.unlike_voiceprint_threshold is not None
             else cosine,
+            duplicate_enrollment=settings.duplicate_enrollment,
         )
+
+    @property
+    def base_source(self) -> ThresholdSource:
+        return "service" if self.threshold_source == "VOXGATE_THRESHOLD" else "model"
+
+    def threshold_for(
+        self,
+        tenant: ThresholdOverrides,
+        key: ThresholdOverrides,
+        requested: float | None,
+        *,
+        may_lower: bool,
+    ) -> AppliedThreshold:
+        """The threshold of one decision. Its default is the key's threshold, else the tenant's, else the
+        service's (this policy's); its floor the key's floor, else the tenant's, else that default. A
+        request may ask for a stricter threshold, never for one below the floor (403
+        ``threshold_below_floor``) unless its key holds the ``threshold-override`` scope."""
+        default, source = self.threshold, self.base_source
+        levels: tuple[tuple[ThresholdSource, ThresholdOverrides], ...] = (("tenant", tenant), ("key", key))
+        for level, overrides in levels:
+            if overrides.threshold is not None:
+                default, source = overrides.threshold, level
+        floor, floor_source = default, source
+        for level, overrides in levels:
+            if overrides.floor is not None:
+                floor, floor_source = overrides.floor, level
+        if default < floor:  # a floor set above the threshold below it: the floor holds
+            default, source = floor, floor_source
+        if requested is None:
+            return AppliedThreshold(default, source, floor, floor_source, default)
+        if requested < floor and not may_lower:
+            raise ThresholdBelowFloor(
+                f"threshold {requested:g} is below the floor {floor:g} ({floor_source}): a request may ask "
+                "for a stricter decision, not a laxer one (the key needs the threshold-override scope)",
+                threshold=requested,
+                threshold_floor=floor,
+                floor_source=floor_source,
+            )
+        return AppliedThreshold(requested, "request", floor, floor_source, default)
 
     def enrolled(self, speech_seconds: float) -> bool:
         return speech_seconds >= self.enroll_speech_seconds

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.access.audit import AuditEvent
+from app.speakers.policy import ThresholdSource
 from app.speakers.scoring import ScoreType
+from app.store.redis_store import HeldRecord
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Verification:
     warnings: list[Notice] = field(default_factory=list)
     score_type: ScoreType = "cosine"
     llr: float | None = None  # calibrated log-likelihood ratio of score (VOXGATE_CALIBRATED_SCORES)
+    threshold_source: ThresholdSource = "model"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Identification:
     warnings: list[Notice] = field(default_factory=list)
     score_type: ScoreType = "cosine"
     llr: float | None = None  # of the matched speaker's score
+    threshold_source: ThresholdSource = "model"
 
 
 @dataclass(frozen=True)
@@ -82,3 +87,16 @@ class SpeakerList:
 class Deletion:
     speaker_id: str
     deleted_models: list[str]
+
+
+@dataclass(frozen=True)
+class SpeakerExport:
+    """Everything held about one speaker except the voiceprint itself (a data-subject request)."""
+
+    speaker_id: str
+    tenant: str
+    exported_at: float
+    voiceprints: list[HeldRecord]
+    locked_until: float | None
+    recent_failed_verifications: int
+    audit_events: list[AuditEvent]

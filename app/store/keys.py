@@ -75,14 +75,43 @@ class KeySchema:
 
     @property
     def audit(self) -> str:
-        """Stream: the tenant's audit trail of enrollments and deletions (capped)."""
+        """Stream: the tenant's audit trail of changes and administrative acts (enrollments, deletions,
+        expiries, keys, lockouts, policy, erasure), capped."""
         return f"{self.tenant_prefix}:audit"
 
     @property
+    def audit_decisions(self) -> str:
+        """Stream: the tenant's verify and identify decisions, capped apart from the trail so that
+        thousands of decisions a second cannot push the changes and administrative acts out of it."""
+        return f"{self.tenant_prefix}:audit:decisions"
+
+    @property
     def audit_refusals(self) -> str:
-        """Stream: the rate-limit refusals of the tenant's keys, capped apart from the trail so that a
-        flood of refused requests cannot push enrollments and deletions out of it."""
+        """Stream: the refusals any caller can cause at the rate it sends (rate limit, scope, a locked
+        speaker), capped apart from the trail so that they cannot push anything else out of it."""
         return f"{self.tenant_prefix}:audit:refused"
+
+    @property
+    def audit_streams(self) -> tuple[str, str, str]:
+        return self.audit, self.audit_decisions, self.audit_refusals
+
+    @property
+    def policy(self) -> str:
+        """Hash: the tenant's decision policy set by the operator (``threshold``, ``threshold_floor``)."""
+        return f"{self.tenant_prefix}:policy"
+
+    def failures(self, speaker_id: str) -> str:
+        """Sorted set: the speaker's failed verifications within the lockout window (scored by time)."""
+        return f"{self.tenant_prefix}:lockout:failures:{speaker_id}"
+
+    def attempts(self, speaker_id: str) -> str:
+        """Sorted set: the speaker's verifications under way (scored by when they began)."""
+        return f"{self.tenant_prefix}:lockout:attempts:{speaker_id}"
+
+    @property
+    def locked(self) -> str:
+        """Sorted set: the tenant's locked speakers, scored by when their lock ends (Redis's clock)."""
+        return f"{self.tenant_prefix}:lockout:locked"
 
     @property
     def tenants(self) -> str:

@@ -7,7 +7,7 @@ comes from the key schema (``app.store.keys``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,11 +60,17 @@ async def delete_data_keys(client: aioredis.Redis, namespace: str, tenant: str) 
     return bool(await client.delete(KeySchema(namespace, tenant, "-").data_keys))
 
 
-async def delete_tenant_keys(client: aioredis.Redis, namespace: str, tenant: str) -> int:
-    """Every Redis key of the tenant, and its entry in the tenant registry; how many keys were removed."""
+async def delete_tenant_keys(
+    client: aioredis.Redis, namespace: str, tenant: str, keep: Collection[str] = ()
+) -> int:
+    """Every Redis key of the tenant but those in ``keep``, and its entry in the tenant registry; how many
+    keys were removed."""
     removed = 0
     batch: list[Any] = []
+    kept = {k.encode() for k in keep}
     async for key in client.scan_iter(match=tenant_keys_pattern(namespace, tenant), count=_SCAN_BATCH):
+        if key in kept:
+            continue
         batch.append(key)
         if len(batch) >= _SCAN_BATCH:
             removed += int(await client.unlink(*batch))

@@ -5,7 +5,8 @@ at its last use plus the retention in force *now*, so lowering (or raising) the 
 voiceprints already stored at once. Reads treat an expired speaker as gone at once; this sweeper deletes
 them for good (hash, lists, index rows on every replica through the change stream), every
 ``interval_s``, for every tenant and model. Sweeps by several replicas are harmless: each deletion
-checks, atomically, that the speaker is still expired.
+checks, atomically, that the speaker is still expired, so each expiry is reported once (``on_expired``:
+the audit trail), by the replica that deleted it.
 
 Voiceprints written by older versions kept a fixed expiry instead; ``convert_legacy_expiry`` gives them
 a last use (start-up walks everything once per namespace; each sweep converts what replicas of an older
@@ -15,7 +16,7 @@ version wrote meanwhile, during a rolling upgrade).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from app.core.periodic import Periodic
@@ -56,9 +57,19 @@ async def convert_legacy_expiry(root: RedisVoiceprintStore, *, everything: bool 
     return converted
 
 
+# Told of each sweep's deletions: tenant, model key, speaker ids.
+OnExpired = Callable[[str, str, list[str]], Awaitable[None]]
+
+
 class RetentionSweeper:
-    def __init__(self, store: RedisVoiceprintStore, interval_s: float = SWEEP_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        store: RedisVoiceprintStore,
+        interval_s: float = SWEEP_INTERVAL_S,
+        on_expired: OnExpired | None = None,
+    ) -> None:
         self.store = store
+        self.on_expired = on_expired
         self._periodic = Periodic("retention sweep", interval_s, self.sweep)
 
     async def sweep(self) -> int:
@@ -67,6 +78,8 @@ class RetentionSweeper:
         deleted = 0
         async for view in every_model_store(self.store):
             gone = await view.sweep_expired()
+            if gone and self.on_expired is not None:
+                await self.on_expired(view.keys.tenant, view.keys.model_key, gone)
             if gone:
                 log.info(
                     "expired voiceprints deleted",

@@ -8,6 +8,7 @@ import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from app.api.factory import create_app
 from app.core.settings import Settings
 from tests.support.data import speech_files, wav_bytes, wav_part
 from tests.support.models import TINY_DIM, build_tiny_model
-from tests.support.redis_server import RedisProcess, redis_snapshot, settings_for
+from tests.support.redis_server import RedisProcess, redis_snapshot, set_threshold_policy, settings_for
 
 SPEECH = speech_files()
 
@@ -101,7 +102,9 @@ def test_enroll_get_list_delete(client: TestClient, settings: Settings) -> None:
     assert "alice" not in [c["speaker_id"] for c in identify["candidates"]]
 
 
-def test_verify_and_identify_shapes(client: TestClient) -> None:
+def test_verify_and_identify_shapes(client: TestClient, settings: Settings) -> None:
+    # Any threshold a request asks for, here: this tests the answers' shapes (tests/access the floor).
+    set_threshold_policy(settings, settings.tenant, floor=-1.0)
     p225 = SPEECH["vctk_p225"]
     client.post("/enroll", data={"speaker_id": "p225"}, files=[wav(p225[0]), wav(p225[1])])
     client.post("/enroll", data={"speaker_id": "p226"}, files=[wav(SPEECH["vctk_p226"][0])])
@@ -111,10 +114,12 @@ def test_verify_and_identify_shapes(client: TestClient) -> None:
     assert v["score_type"] == "cosine"
     assert -1.0 <= v["score"] <= 1.0
     assert v["threshold"] == -1.0
+    assert v["threshold_source"] == "request"
     assert v["match"] is True
     assert v["warnings"] == []  # two VCTK recordings hold more than 8 s of speech
     partial = client.post("/verify", data={"speaker_id": "p226"}, files=[wav(p225[2])]).json()
     assert partial["warnings"][0]["code"] == "not_fully_enrolled"
+    assert (partial["threshold"], partial["threshold_source"]) == (0.5, "model")  # the tiny model's
 
     pair = client.post(
         "/verify",
@@ -251,21 +256,40 @@ def test_tiny_dim_is_what_the_store_keeps(client: TestClient, settings: Settings
         r.close()
 
 
-def test_fifty_concurrent_enrollments_through_the_api(client: TestClient) -> None:
+def test_fifty_concurrent_enrollments_through_the_api(settings: Settings) -> None:
+    # The same recording 50 times at once: counted 50 times where duplicates are only warned of ...
     files = SPEECH["librispeech_533"]
-    single = client.post("/enroll", data={"speaker_id": "solo"}, files=[wav(files[0])]).json()
-    results: list[int] = []
+    warned = settings.model_copy(update={"duplicate_enrollment": "warn"})
+    with TestClient(create_app(warned), raise_server_exceptions=False) as client:
+        single = client.post("/enroll", data={"speaker_id": "solo"}, files=[wav(files[0])]).json()
+        answers = _enroll_at_once(client, "crowd", files[0], 50)
+        assert [r.status_code for r in answers] == [200] * 50
+        assert sorted(len(r.json()["warnings"]) for r in answers) == [0] + [1] * 49
+        _check_crowd(client, files[0], single)
+    # ... and once (the first to reach Redis, on any replica) where they are refused.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        answers = _enroll_at_once(client, "refused", files[0], 20)
+        assert sorted(r.status_code for r in answers) == [200] + [409] * 19
+        assert {r.json()["code"] for r in answers if r.status_code == 409} == {"duplicate_audio"}
+        assert client.get("/speakers/refused").json()["utterances"] == 1
+
+
+def _enroll_at_once(client: TestClient, speaker_id: str, path: Path, n: int) -> list[Any]:
+    answers: list[Any] = []
 
     def enroll() -> None:
-        r = client.post("/enroll", data={"speaker_id": "crowd"}, files=[wav(files[0])])
-        results.append(r.status_code)
+        answers.append(client.post("/enroll", data={"speaker_id": speaker_id}, files=[wav(path)]))
 
-    threads = [threading.Thread(target=enroll) for _ in range(50)]
+    threads = [threading.Thread(target=enroll) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [200] * 50
+    return answers
+
+
+def _check_crowd(client: TestClient, path: Path, single: dict[str, Any]) -> None:
+    files = [path]
     crowd = client.get("/speakers/crowd").json()
     assert crowd["utterances"] == 50
     assert crowd["speech_seconds"] == pytest.approx(50 * single["speech_seconds"], abs=1e-3)

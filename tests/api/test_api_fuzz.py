@@ -248,8 +248,10 @@ CRAFTED_FORMS: dict[str, tuple[str, dict[str, str], int, str | None]] = {
     "threshold_minus_inf": ("/identify", {"threshold": "-Infinity"}, 422, "invalid_request"),
     "threshold_huge_digits": ("/identify", {"threshold": "1" * 5000}, 422, "invalid_request"),
     "threshold_hex": ("/identify", {"threshold": "0x1"}, 422, "invalid_request"),
-    "threshold_edge": ("/identify", {"threshold": "-1"}, 200, None),
-    "threshold_tiny": ("/identify", {"threshold": "1e-400"}, 200, None),
+    # Numbers at the edges parse; below the floor (the model's threshold by default) they are refused.
+    "threshold_edge": ("/identify", {"threshold": "-1"}, 403, "threshold_below_floor"),
+    "threshold_tiny": ("/identify", {"threshold": "1e-400"}, 403, "threshold_below_floor"),
+    "threshold_strict_edge": ("/identify", {"threshold": "1"}, 200, None),
     "top_k_zero": ("/identify", {"top_k": "0"}, 422, "invalid_request"),
     "top_k_max": ("/identify", {"top_k": "100"}, 200, None),
     "top_k_over": ("/identify", {"top_k": "101"}, 422, "invalid_request"),

@@ -194,11 +194,15 @@ def test_decisions_and_scores_are_counted_per_endpoint(redis_server: RedisProces
         named = c.post("/identify", files=[wav(enrolled)]).json()
         nobody = c.post("/identify", data={"threshold": "1"}, files=[wav(other)]).json()
         metrics = c.get("/metrics").text
+        # While the app runs (its lifespan registers these metrics and removes them at its end).
+        samples = {
+            (s.name, frozenset(s.labels.items())): s.value for m in registry.collect() for s in m.samples
+        }
     assert (same["match"], strict["match"]) == (True, False)
     assert (named["speaker_id"], nobody["speaker_id"]) == ("alice", None)
 
     def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, labels)
+        return samples.get((name, frozenset(labels.items())))
 
     for endpoint in ("verify", "identify"):
         assert value("voxgate_decisions_total", endpoint=endpoint, decision="match") == 1
@@ -213,6 +217,14 @@ def test_decisions_and_scores_are_counted_per_endpoint(redis_server: RedisProces
         below = sum(score <= float(bound) for score in (same["score"], strict["score"]))
         assert value("voxgate_scores_bucket", endpoint="verify", score_type="cosine", le=bound) == below
     assert 'voxgate_decisions_total{decision="match",endpoint="verify"} 1.0' in metrics
+
+
+def test_an_app_started_again_counts_afresh(redis_server: RedisProcess, tiny_model: Path) -> None:
+    # Its lifespan registers the decision metrics on the app's registry and removes them at its end.
+    app = create_app(settings_for(redis_server.url, tiny_model))
+    for _ in range(2):
+        with TestClient(app) as c:
+            assert "voxgate_decisions_total" in c.get("/metrics").text
 
 
 def test_the_speakers_gauge_counts_every_tenant_of_the_model_from_any_replica(

@@ -40,6 +40,7 @@ from voxgate_client.generated.types import UNSET, File
 from app.api.factory import create_app
 from app.core.settings import Settings
 from app.engine.manifest import ModelManifest
+from app.speakers.policy import THRESHOLD_SOURCES
 from app.speakers.scoring import SCORE_TYPES
 from tests.support.data import EXAMPLES_AUDIO, REPO_ROOT, speech_files, wav_bytes
 from tests.support.models import build_tiny_model, default_model_dir
@@ -69,7 +70,15 @@ def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
             yield path, method, operation
 
 
-OPERATIONS = ("enroll", "verify", "identify", "list_speakers", "get_speaker", "delete_speaker")
+OPERATIONS = (
+    "enroll",
+    "verify",
+    "identify",
+    "list_speakers",
+    "get_speaker",
+    "delete_speaker",
+    "export_speaker",
+)
 OPERATIONS += ("healthz", "readyz", "metrics")
 VARIANTS = {"keys-off": {"auth": "off"}, "keys-required": {"auth": "required"}}
 
@@ -108,10 +117,12 @@ def test_the_document_says_what_generators_need(variant: str) -> None:
     assert {"audio", "speaker_id", "reference", "threshold"} <= set(verify_form["properties"])
     assert [len(part["anyOf"]) for part in verify_form["allOf"]] == [2]
     # every field the service always sends is required (null or not)
-    for name in ("EnrollResponse", "VerifyResponse", "IdentifyResponse", "Speaker", "Readiness", "Health"):
+    for name in ("EnrollResponse", "VerifyResponse", "IdentifyResponse", "Speaker", "Readiness", "Health",
+                 "SpeakerExport", "HeldVoiceprint", "AuditRecord"):  # fmt: skip
         assert set(schemas[name]["required"]) == set(schemas[name]["properties"]), name
     # one schema per value set (the service's own: the scorer's score types, the manifest's precisions)
     assert schemas["ScoreType"]["enum"] == list(SCORE_TYPES)
+    assert schemas["ThresholdSource"]["enum"] == list(THRESHOLD_SOURCES)
     assert schemas["Precision"]["enum"] == list(get_args(ModelManifest.model_fields["precision"].annotation))
     inline = [name for name, s in schemas.items() if '"enum":' in json.dumps(s) and "enum" not in s]
     assert not inline, f"value sets written inside {inline}: make them enums (one schema each)"
@@ -253,8 +264,11 @@ def test_the_client_runs_every_endpoint_against_the_live_service(service: LiveSe
         assert same.score_type.value == "cosine"
         assert same.llr is None
         assert voxgate.verify(other[3], speaker_id="alice").match is False
-        pair = voxgate.verify(one[3], reference=io.BytesIO(wav_bytes(one[4])), threshold=0.5)
-        assert (pair.speaker_id, pair.match, pair.threshold) == (None, True, 0.5)
+        pair = voxgate.verify(one[3], reference=io.BytesIO(wav_bytes(one[4])), threshold=0.8)  # stricter
+        assert (pair.speaker_id, pair.threshold, pair.threshold_source.value) == (None, 0.8, "request")
+        assert pair.match is (pair.score >= 0.8)
+        lax = _raised(lambda: voxgate.verify(one[3], reference=one[4], threshold=0.1))
+        assert (lax.status, lax.code, lax.extra["floor_source"]) == (403, "threshold_below_floor", "model")
 
         found = voxgate.identify(one[4], top_k=2)
         assert found.speaker_id == "alice"
@@ -274,6 +288,9 @@ def test_the_client_runs_every_endpoint_against_the_live_service(service: LiveSe
         alice = voxgate.get_speaker("alice")
         assert (alice.utterances, alice.metadata.to_dict(), alice.enrolled) == (3, {"team": "qa"}, True)
         assert alice.expires_at is not None
+        export = voxgate.export_speaker("alice")  # without keys: every scope but threshold-override
+        assert [v.utterances for v in export.voiceprints] == [3]
+        assert [e.action for e in export.audit_events][:2] == ["enroll", "verify"]
 
         deleted = voxgate.delete_speaker("carol")
         assert deleted.speaker_id == "carol"

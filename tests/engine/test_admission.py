@@ -257,6 +257,28 @@ def test_engine_refuses_at_once_what_would_miss_its_deadline() -> None:
     asyncio.run(scenario())
 
 
+def test_audio_that_no_deadline_could_hold_is_refused_with_a_4xx() -> None:
+    # 100 s of audio at the cautious first estimates (VAD 100x, embedding 20x real time) needs about 6 s:
+    # with requests limited to 3 s it can never be served (413, send less), where a request that merely
+    # arrives late for its deadline is a 504.
+    engine = EmbeddingEngine(
+        FakeBackend(), fake_manifest(), metrics=EngineMetrics(CollectorRegistry()), warmup=False
+    )
+    hundred_seconds = 100 * 16000
+    admission = Admission(engine, MemoryBudget(64 * MB), max_queue_wait_s=60.0, request_timeout_s=3.0)
+    admitted = admission.admit(None, time.monotonic() + 3)
+    with pytest.raises(AudioTooLarge) as refused:
+        admitted.refuse_unless_in_time(hundred_seconds, 0.0, 0.0, time.monotonic() + 3)
+    assert refused.value.status == 413
+    assert "send less audio" in refused.value.detail
+    roomy = Admission(engine, MemoryBudget(64 * MB), max_queue_wait_s=60.0, request_timeout_s=30.0)
+    late = roomy.admit(None, time.monotonic() + 3)
+    with pytest.raises(DeadlineExceeded):
+        late.refuse_unless_in_time(hundred_seconds, 0.0, 0.0, time.monotonic() + 3)
+    admitted.release()
+    late.release()
+
+
 # --- decoding and speech measurement stay bounded ------------------------------------------------------
 def test_an_over_long_stream_is_cut_off_while_decoding() -> None:
     # A WAV that does not say how long it is (data size 0xFFFFFFFF, as streaming writers leave it).

@@ -22,7 +22,7 @@ from app.store.retention import RetentionSweeper
 from app.store.vault import VaultError
 from tests.support.data import speech_files, wav_bytes
 from tests.support.models import build_tiny_model
-from tests.support.redis_server import RedisProcess, settings_for
+from tests.support.redis_server import RedisProcess, set_threshold_policy, settings_for
 from tests.support.service import LiveService, run_voxgate
 
 SPEECH = speech_files()
@@ -103,7 +103,10 @@ def test_voiceprints_are_sealed_and_bound_to_their_key(redis_server: RedisProces
 
 
 def test_concurrent_sealed_enrollments_lose_nothing(redis_server: RedisProcess, tiny_model: Path) -> None:
-    settings = settings_for(redis_server.url, tiny_model, voiceprint_key=new_key_text())
+    # The same recording 20 times: counted 20 times where duplicates are only warned of.
+    settings = settings_for(
+        redis_server.url, tiny_model, voiceprint_key=new_key_text(), duplicate_enrollment="warn"
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         statuses: list[int] = []
 
@@ -276,7 +279,12 @@ def test_erasing_a_tenant_deletes_its_data_keys_and_everything_else(
         erased = run_voxgate("tenants", "erase", "doomed", "--yes", env=env)
         assert erased.returncode == 0, erased.stderr
         assert "data keys deleted" in erased.stdout
-        assert not list(raw.scan_iter(match=f"{settings.redis_namespace}:doomed:*"))
+        # Nothing is left but the record that the erasure happened.
+        assert list(raw.scan_iter(match=f"{settings.redis_namespace}:doomed:*")) == [
+            f"{settings.redis_namespace}:doomed:audit".encode()
+        ]
+        (entry,) = raw.xrange(f"{settings.redis_namespace}:doomed:audit")
+        assert entry[1][b"action"] == b"tenant_erase"
         raw.close()
         assert client.get("/speakers/x").status_code == 404
         deadline = time.monotonic() + 10
@@ -290,6 +298,7 @@ def test_voiceprints_expire_unless_enrolled_into_or_verified(
     redis_server: RedisProcess, tiny_model: Path
 ) -> None:
     settings = settings_for(redis_server.url, tiny_model, retention_days=2.0 / 86400)  # two seconds
+    set_threshold_policy(settings, settings.tenant, floor=-1.0)  # identify below takes any threshold
     with TestClient(create_app(settings)) as client:
         client.post("/enroll", data={"speaker_id": "kept"}, files=[wav(SPEECH["vctk_p225"][0])])
         client.post("/enroll", data={"speaker_id": "dropped"}, files=[wav(SPEECH["vctk_p226"][0])])

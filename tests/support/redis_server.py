@@ -4,6 +4,7 @@ Redis namespaces, and snapshots of what a namespace holds.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any
 import redis
 
 from app.core.settings import Settings
+from app.store.keys import KeySchema
+from app.store.thresholds import ThresholdOverrides
 
 
 # --- redis-server processes -----------------------------------------------------------------------------
@@ -99,7 +102,25 @@ def redis_snapshot(redis_url: str, namespace: str) -> dict[bytes, bytes | None]:
     try:
         keys = sorted(client.scan_iter(match=f"{namespace}:*"))
         return {
-            key: client.dump(key) for key in keys if not key.endswith(b":audit") and b":ratelimit:" not in key
+            key: client.dump(key)
+            for key in keys
+            if not re.search(rb":audit(:[a-z]+)?$", key) and b":ratelimit:" not in key
         }
+    finally:
+        client.close()
+
+
+def set_threshold_policy(
+    settings: Settings, tenant: str, *, threshold: float | None = None, floor: float | None = None
+) -> None:
+    """The tenant's threshold policy, as `voxgate tenants policy` sets it (e.g. ``floor=-1``: requests may
+    ask for any threshold)."""
+    client = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        key = KeySchema(settings.redis_namespace, tenant, "-").policy
+        client.delete(key)
+        fields = ThresholdOverrides(threshold, floor).fields()
+        if fields:
+            client.hset(key, mapping=fields)
     finally:
         client.close()

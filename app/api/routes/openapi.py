@@ -29,15 +29,29 @@ PROBLEM_RESPONSES: Final[dict[int | str, tuple[str, str]]] = {
     400: ("BadRequest", "`invalid_audio`: a supported audio container that cannot be decoded."),
     401: (
         "Unauthorized",
-        "`missing_api_key`, `invalid_api_key`, `revoked_api_key` (with `WWW-Authenticate`).",
+        "`missing_api_key`, `invalid_api_key`, `revoked_api_key`, `expired_api_key` (with "
+        "`WWW-Authenticate`).",
+    ),
+    403: (
+        "Forbidden",
+        "`insufficient_scope` (the API key lacks the scope this needs), `threshold_below_floor` (a "
+        "threshold below the operator's floor).",
     ),
     404: ("NotFound", "`speaker_not_found`."),
-    409: ("Conflict", "`unlike_voiceprint`: a recording unlike the voiceprint (when enrollment refuses it)."),
+    409: (
+        "Conflict",
+        "`unlike_voiceprint`: a recording unlike the voiceprint; `duplicate_audio`: a recording already "
+        "enrolled (when enrollment refuses them).",
+    ),
     413: ("ContentTooLarge", "`audio_too_large`."),
     415: ("UnsupportedMediaType", "`unsupported_media_type`: content that is no supported audio container."),
     422: (
         "UnprocessableContent",
         "`audio_too_long`, `no_speech`, `not_enough_speech`, `invalid_speaker_id`, `invalid_request`.",
+    ),
+    423: (
+        "Locked",
+        "`speaker_locked`: too many failed verifications of this speaker; `Retry-After` says when.",
     ),
     429: (
         "TooManyRequests",
@@ -75,7 +89,7 @@ def _problem_response(status: int | str, description: str) -> dict[str, Any]:
         "description": description,
         "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": _SCHEMAS + "Problem"}}},
     }
-    if status in (429, 503):
+    if status in (423, 429, 503):
         response["headers"] = _RETRY_AFTER
     return response
 

@@ -34,6 +34,7 @@ from voxgate_client.generated.api.operations import healthz as healthz_op
 from voxgate_client.generated.api.operations import metrics as metrics_op
 from voxgate_client.generated.api.operations import readyz as readyz_op
 from voxgate_client.generated.api.speakers import delete_speaker as delete_speaker_op
+from voxgate_client.generated.api.speakers import export_speaker as export_speaker_op
 from voxgate_client.generated.api.speakers import get_speaker as get_speaker_op
 from voxgate_client.generated.api.speakers import list_speakers as list_speakers_op
 from voxgate_client.generated.api.verification import verify as verify_op
@@ -49,6 +50,7 @@ from voxgate_client.generated.models import (
     Problem,
     Readiness,
     Speaker,
+    SpeakerExport,
     SpeakerPage,
     VerifyForm,
     VerifyResponse,
@@ -251,6 +253,12 @@ class VoxGate:
         """Erase the speaker's voiceprint under every model."""
         request = delete_speaker_op._get_kwargs(speaker_id)
         return self._call(request, lambda r: DeleteResponse.from_dict(r.json()))
+
+    def export_speaker(self, speaker_id: str) -> SpeakerExport:
+        """Everything held about the speaker except the voiceprint (a data-subject request; the key
+        needs the ``export`` scope)."""
+        request = export_speaker_op._get_kwargs(speaker_id)
+        return self._call(request, lambda r: SpeakerExport.from_dict(r.json()))
 
     # --- operations ---
 

@@ -19,7 +19,9 @@ class IdentifyForm:
     Attributes:
         audio (File):
         top_k (int | Unset): How many of the closest speakers `candidates` lists. Default: 5.
-        threshold (float | Unset): Cosine threshold for a match.
+        threshold (float | Unset): Cosine threshold for a match. Stricter than the operator's threshold, or at least at
+            its floor: below it the answer is 403 threshold_below_floor unless the API key holds the threshold-override
+            scope.
         candidates (list[str] | Unset): Restrict the search to these speaker ids (repeat the field or comma-separate).
     """
 

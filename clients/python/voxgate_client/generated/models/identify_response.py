@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from attrs import define as _attrs_define
 
 from ..models.score_type import ScoreType
+from ..models.threshold_source import ThresholdSource
 
 if TYPE_CHECKING:
     from ..models.candidate import Candidate
@@ -28,6 +29,9 @@ class IdentifyResponse:
             regression calibration (voxgate calibrate); null unless VOXGATE_CALIBRATED_SCORES=true. > 0 favours same
             speaker. Of speaker_id's score.
         threshold (float):
+        threshold_source (ThresholdSource): Where a decision's threshold came from: the model (its manifest or
+            calibration), the service
+            (VOXGATE_THRESHOLD), the tenant's policy or the API key's (set by the operator), or the request.
         searched (int): How many enrolled speakers were compared.
         model (str):
         warnings (list[Notice]):
@@ -39,6 +43,7 @@ class IdentifyResponse:
     score_type: ScoreType
     llr: float | None
     threshold: float
+    threshold_source: ThresholdSource
     searched: int
     model: str
     warnings: list[Notice]
@@ -62,6 +67,8 @@ class IdentifyResponse:
 
         threshold = self.threshold
 
+        threshold_source = self.threshold_source.value
+
         searched = self.searched
 
         model = self.model
@@ -81,6 +88,7 @@ class IdentifyResponse:
                 "score_type": score_type,
                 "llr": llr,
                 "threshold": threshold,
+                "threshold_source": threshold_source,
                 "searched": searched,
                 "model": model,
                 "warnings": warnings,
@@ -128,6 +136,8 @@ class IdentifyResponse:
 
         threshold = d.pop("threshold")
 
+        threshold_source = ThresholdSource(d.pop("threshold_source"))
+
         searched = d.pop("searched")
 
         model = d.pop("model")
@@ -146,6 +156,7 @@ class IdentifyResponse:
             score_type=score_type,
             llr=llr,
             threshold=threshold,
+            threshold_source=threshold_source,
             searched=searched,
             model=model,
             warnings=warnings,

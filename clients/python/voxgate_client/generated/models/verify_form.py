@@ -20,7 +20,9 @@ class VerifyForm:
         audio (File):
         speaker_id (str | Unset): Compare against this enrolled speaker ...
         reference (File | Unset): ... or against this second recording.
-        threshold (float | Unset): Cosine threshold for a match.
+        threshold (float | Unset): Cosine threshold for a match. Stricter than the operator's threshold, or at least at
+            its floor: below it the answer is 403 threshold_below_floor unless the API key holds the threshold-override
+            scope.
     """
 
     audio: File

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from attrs import define as _attrs_define
 
 from ..models.score_type import ScoreType
+from ..models.threshold_source import ThresholdSource
 
 if TYPE_CHECKING:
     from ..models.notice import Notice
@@ -27,6 +28,9 @@ class VerifyResponse:
             regression calibration (voxgate calibrate); null unless VOXGATE_CALIBRATED_SCORES=true. > 0 favours same
             speaker.
         threshold (float):
+        threshold_source (ThresholdSource): Where a decision's threshold came from: the model (its manifest or
+            calibration), the service
+            (VOXGATE_THRESHOLD), the tenant's policy or the API key's (set by the operator), or the request.
         match (bool): score >= threshold
         model (str):
         warnings (list[Notice]):
@@ -38,6 +42,7 @@ class VerifyResponse:
     score_type: ScoreType
     llr: float | None
     threshold: float
+    threshold_source: ThresholdSource
     match: bool
     model: str
     warnings: list[Notice]
@@ -58,6 +63,8 @@ class VerifyResponse:
 
         threshold = self.threshold
 
+        threshold_source = self.threshold_source.value
+
         match = self.match
 
         model = self.model
@@ -77,6 +84,7 @@ class VerifyResponse:
                 "score_type": score_type,
                 "llr": llr,
                 "threshold": threshold,
+                "threshold_source": threshold_source,
                 "match": match,
                 "model": model,
                 "warnings": warnings,
@@ -118,6 +126,8 @@ class VerifyResponse:
 
         threshold = d.pop("threshold")
 
+        threshold_source = ThresholdSource(d.pop("threshold_source"))
+
         match = d.pop("match")
 
         model = d.pop("model")
@@ -136,6 +146,7 @@ class VerifyResponse:
             score_type=score_type,
             llr=llr,
             threshold=threshold,
+            threshold_source=threshold_source,
             match=match,
             model=model,
             warnings=warnings,

@@ -47,6 +47,11 @@ def _parse_response(
 
         return response_401
 
+    if response.status_code == 403:
+        response_403 = Problem.from_dict(response.json())
+
+        return response_403
+
     if response.status_code == 409:
         response_409 = Problem.from_dict(response.json())
 
@@ -108,7 +113,9 @@ def sync_detailed(
      Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
     once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
     accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
-    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse).
+    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse). A
+    recording already in the voiceprint (the same decoded audio) is refused with 409 `duplicate_audio`,
+    or added with a warning (VOXGATE_DUPLICATE_ENROLLMENT=warn).
 
     Args:
         body (EnrollForm):
@@ -142,7 +149,9 @@ def sync(
      Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
     once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
     accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
-    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse).
+    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse). A
+    recording already in the voiceprint (the same decoded audio) is refused with 409 `duplicate_audio`,
+    or added with a warning (VOXGATE_DUPLICATE_ENROLLMENT=warn).
 
     Args:
         body (EnrollForm):
@@ -171,7 +180,9 @@ async def asyncio_detailed(
      Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
     once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
     accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
-    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse).
+    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse). A
+    recording already in the voiceprint (the same decoded audio) is refused with 409 `duplicate_audio`,
+    or added with a warning (VOXGATE_DUPLICATE_ENROLLMENT=warn).
 
     Args:
         body (EnrollForm):
@@ -203,7 +214,9 @@ async def asyncio(
      Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
     once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
     accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
-    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse).
+    added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse). A
+    recording already in the voiceprint (the same decoded audio) is refused with 409 `duplicate_audio`,
+    or added with a warning (VOXGATE_DUPLICATE_ENROLLMENT=warn).
 
     Args:
         body (EnrollForm):

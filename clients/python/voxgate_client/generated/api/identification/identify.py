@@ -47,6 +47,11 @@ def _parse_response(
 
         return response_401
 
+    if response.status_code == 403:
+        response_403 = Problem.from_dict(response.json())
+
+        return response_403
+
     if response.status_code == 413:
         response_413 = Problem.from_dict(response.json())
 
@@ -101,7 +106,8 @@ def sync_detailed(
     """Identify
 
      Exact cosine search over every speaker enrolled under this model (or only `candidates`).
-    `speaker_id` is the best candidate when its score reaches the threshold, else null.
+    `speaker_id` is the best candidate when its score reaches the threshold, else null. The threshold
+    follows the same policy as /verify (`threshold_source`); locked speakers are not searched.
 
     Args:
         body (IdentifyForm):
@@ -133,7 +139,8 @@ def sync(
     """Identify
 
      Exact cosine search over every speaker enrolled under this model (or only `candidates`).
-    `speaker_id` is the best candidate when its score reaches the threshold, else null.
+    `speaker_id` is the best candidate when its score reaches the threshold, else null. The threshold
+    follows the same policy as /verify (`threshold_source`); locked speakers are not searched.
 
     Args:
         body (IdentifyForm):
@@ -160,7 +167,8 @@ async def asyncio_detailed(
     """Identify
 
      Exact cosine search over every speaker enrolled under this model (or only `candidates`).
-    `speaker_id` is the best candidate when its score reaches the threshold, else null.
+    `speaker_id` is the best candidate when its score reaches the threshold, else null. The threshold
+    follows the same policy as /verify (`threshold_source`); locked speakers are not searched.
 
     Args:
         body (IdentifyForm):
@@ -190,7 +198,8 @@ async def asyncio(
     """Identify
 
      Exact cosine search over every speaker enrolled under this model (or only `candidates`).
-    `speaker_id` is the best candidate when its score reaches the threshold, else null.
+    `speaker_id` is the best candidate when its score reaches the threshold, else null. The threshold
+    follows the same policy as /verify (`threshold_source`); locked speakers are not searched.
 
     Args:
         body (IdentifyForm):

@@ -47,6 +47,11 @@ def _parse_response(
 
         return response_401
 
+    if response.status_code == 403:
+        response_403 = Problem.from_dict(response.json())
+
+        return response_403
+
     if response.status_code == 404:
         response_404 = Problem.from_dict(response.json())
 
@@ -66,6 +71,11 @@ def _parse_response(
         response_422 = Problem.from_dict(response.json())
 
         return response_422
+
+    if response.status_code == 423:
+        response_423 = Problem.from_dict(response.json())
+
+        return response_423
 
     if response.status_code == 429:
         response_429 = Problem.from_dict(response.json())
@@ -106,7 +116,10 @@ def sync_detailed(
     """Verify
 
      Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
-    cosine similarity; `match` = score >= threshold (the model's default unless given).
+    cosine similarity; `match` = score >= threshold. The threshold is the operator's (the model's,
+    the tenant's or the API key's: `threshold_source`) unless the request gives a stricter one; one
+    below the floor is 403 `threshold_below_floor` unless the key holds `threshold-override`. After
+    repeated failed verifications of a speaker, verifying it is 423 `speaker_locked` for a while.
 
     Args:
         body (VerifyForm):
@@ -138,7 +151,10 @@ def sync(
     """Verify
 
      Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
-    cosine similarity; `match` = score >= threshold (the model's default unless given).
+    cosine similarity; `match` = score >= threshold. The threshold is the operator's (the model's,
+    the tenant's or the API key's: `threshold_source`) unless the request gives a stricter one; one
+    below the floor is 403 `threshold_below_floor` unless the key holds `threshold-override`. After
+    repeated failed verifications of a speaker, verifying it is 423 `speaker_locked` for a while.
 
     Args:
         body (VerifyForm):
@@ -165,7 +181,10 @@ async def asyncio_detailed(
     """Verify
 
      Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
-    cosine similarity; `match` = score >= threshold (the model's default unless given).
+    cosine similarity; `match` = score >= threshold. The threshold is the operator's (the model's,
+    the tenant's or the API key's: `threshold_source`) unless the request gives a stricter one; one
+    below the floor is 403 `threshold_below_floor` unless the key holds `threshold-override`. After
+    repeated failed verifications of a speaker, verifying it is 423 `speaker_locked` for a while.
 
     Args:
         body (VerifyForm):
@@ -195,7 +214,10 @@ async def asyncio(
     """Verify
 
      Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
-    cosine similarity; `match` = score >= threshold (the model's default unless given).
+    cosine similarity; `match` = score >= threshold. The threshold is the operator's (the model's,
+    the tenant's or the API key's: `threshold_source`) unless the request gives a stricter one; one
+    below the floor is 403 `threshold_below_floor` unless the key holds `threshold-override`. After
+    repeated failed verifications of a speaker, verifying it is 423 `speaker_locked` for a while.
 
     Args:
         body (VerifyForm):
