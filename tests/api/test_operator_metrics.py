@@ -219,14 +219,6 @@ def test_decisions_and_scores_are_counted_per_endpoint(redis_server: RedisProces
     assert 'voxgate_decisions_total{decision="match",endpoint="verify"} 1.0' in metrics
 
 
-def test_an_app_started_again_counts_afresh(redis_server: RedisProcess, tiny_model: Path) -> None:
-    # Its lifespan registers the decision metrics on the app's registry and removes them at its end.
-    app = create_app(settings_for(redis_server.url, tiny_model))
-    for _ in range(2):
-        with TestClient(app) as c:
-            assert "voxgate_decisions_total" in c.get("/metrics").text
-
-
 def test_the_speakers_gauge_counts_every_tenant_of_the_model_from_any_replica(
     redis_server: RedisProcess, tiny_model: Path
 ) -> None:
