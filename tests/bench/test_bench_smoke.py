@@ -59,3 +59,28 @@ def test_bench_load_quick_runs_every_scenario(tmp_path: Path) -> None:
         skipped = any(note.startswith("skipped") for note in row["notes"])  # decode bombs without Opus
         assert row["requests"] > 0 or skipped, row
     assert "Targets (issue 10):" in out
+
+
+def test_bench_vad_compares_one_recording_a_call_with_batches() -> None:
+    out = _run("-m", "bench.bench_vad", "--seconds", "1", "--rounds", "1", "--batches", "4")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 2, out
+    assert rows[0].startswith("| one recording a call (before) |"), out
+
+
+def test_bench_frontend_measures_cpu_per_request_by_process(tmp_path: Path) -> None:
+    """One model, the one-process design and two workers, briefly (about 40 s)."""
+    report = tmp_path / "frontend.json"
+    _run(
+        "-m", "bench.bench_frontend", "--models", "default", "--designs", "w0,w2", "--seconds", "2",
+        "--clients", "2", "--json", str(report), "--cache", str(tmp_path / "cache"),
+    )  # fmt: skip
+    rows = {row["design"]: row for row in json.loads(report.read_text())}
+    assert set(rows) == {"w0", "w2"}
+    for row in rows.values():
+        assert row["answered"] > 0, row
+        assert row["other"] == 0, row
+        assert row["frontend_cpu_ms"] > 0, row
+    assert rows["w0"]["inference_cpu_ms"] is None
+    assert rows["w2"]["inference_cpu_ms"] > 0  # the inference process, told apart by its command line
+    assert rows["w2"]["processes"] == 4  # the supervisor, two workers and the inference process
