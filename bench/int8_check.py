@@ -8,12 +8,13 @@ with VNNI can still run the other kernels: QEMU's user-mode emulator (Debian ``q
 Emulation is slow (TitaNet-L: about 12 s per 3 s clip on one Zen 4 core) and says nothing about speed.
 
     python -m bench.int8_check --fp32 FP32_DIR --int8 INT8_DIR [--int8 ...] --speech tests/data/speech \
-        [--emulate Haswell] [--seconds 3] [--per-speaker 4]
+        [--unseen] [--emulate Haswell] [--seconds 3] [--per-speaker 4]
 
 For each int8 bundle: the cosine of its embeddings to the float32 bundle's, on the recordings of the
-speakers its manifest lists as held out (or all of ``--speech`` when it lists none), in each level
-condition of the export's gate; min and mean, natively and (``--emulate``) under QEMU. float32
-references are computed natively.
+speakers its manifest lists as held out (or all of ``--speech`` when it lists none), or with
+``--unseen`` of the speakers it lists neither as calibration nor as held out (never heard by the
+export), in each condition of the export's gate (``app.export.conditions``); min and mean, natively and
+(``--emulate``) under QEMU. float32 references are computed natively.
 
 The module doubles as the child process QEMU runs (``--child``): that path imports only numpy and
 onnxruntime, so that it starts in seconds under emulation.
@@ -122,10 +123,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fp32", type=Path, required=True, help="the float32 bundle the int8 ones came from")
     p.add_argument("--int8", type=Path, action="append", required=True, help="an int8 bundle (repeatable)")
     p.add_argument("--speech", type=Path, required=True, help="speech, one folder per speaker")
+    p.add_argument("--unseen", action="store_true", help="the speakers the export never heard instead")
     p.add_argument("--emulate", metavar="CPU", help="also run the int8 graphs under QEMU -cpu CPU (Haswell)")
     p.add_argument("--seconds", type=float, default=30.0, help="first seconds of each recording (30)")
     p.add_argument("--per-speaker", type=int, default=0, help="first N recordings per speaker (0: all)")
-    p.add_argument("--as-recorded", action="store_true", help="only the recordings as recorded, no levels")
+    p.add_argument("--as-recorded", action="store_true", help="only the recordings as recorded")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -134,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--child"]:
         return _child(sys.argv[2:])
     args = _parse(argv)
-    from app.export.quantize import LEVEL_CONDITIONS, load_recordings
+    from app.export.conditions import AS_RECORDED, CONDITION_NAMES, derive
+    from app.export.quantize import load_recordings
     from app.manifest import GRAPH_FILE, load_manifest
 
     recordings = load_recordings(args.speech)
@@ -143,8 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = load_manifest(int8_dir).quantization
         if info is None:
             raise SystemExit(f"{int8_dir}: not an int8 bundle")
-        speakers = set(info.heldout_speakers)
-        chosen = [r for r in recordings if not speakers or r.speaker in speakers]
+        if args.unseen:
+            heard = {*info.calibration_speakers, *info.heldout_speakers}
+            chosen = [r for r in recordings if r.speaker is not None and r.speaker not in heard]
+        else:
+            speakers = set(info.heldout_speakers)
+            chosen = [r for r in recordings if not speakers or r.speaker in speakers]
         if args.per_speaker:
             by_speaker: dict[str | None, int] = {}
             kept = []
@@ -154,9 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     kept.append(r)
             chosen = kept
         limit = int(args.seconds * 16000)
-        levels = LEVEL_CONDITIONS[:1] if args.as_recorded else LEVEL_CONDITIONS
-        waves = [change(r.wave[:limit]) for _, change in levels for r in chosen]
-        labels = [name for name, _ in levels for _ in chosen]
+        conditions = (AS_RECORDED,) if args.as_recorded else CONDITION_NAMES
+        waves = [derive(condition, r.wave[:limit]) for condition in conditions for r in chosen]
+        labels = [condition for condition in conditions for _ in chosen]
         (ref, native), _ = embed_graphs([args.fp32 / GRAPH_FILE, int8_dir / GRAPH_FILE], waves)
         runs = {"native": cosines(native, ref)}
         if args.emulate:
@@ -167,17 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs["emulated vs native int8"] = cosines(emulated, native)
         speakers_text = ", ".join(sorted({r.speaker or "?" for r in chosen}))
         for run, values in runs.items():
-            by_level = {name: float(np.min(values[[lab == name for lab in labels]])) for name, _ in levels}
+            by_condition = [float(np.min(values[[lab == name for lab in labels]])) for name in conditions]
             rows.append(
                 f"| {int8_dir.name} | {run} | {len(chosen)} of {speakers_text} | "
                 f"{float(values.min()):.6f} | {float(values.mean()):.6f} | "
-                + " / ".join(f"{v:.6f}" for v in by_level.values())
+                + " / ".join(f"{v:.6f}" for v in by_condition)
                 + " |"
             )
-    levels_text = " / ".join(
-        name for name, _ in (LEVEL_CONDITIONS[:1] if args.as_recorded else LEVEL_CONDITIONS)
-    )
-    print(f"| bundle | kernels | recordings | min cosine | mean cosine | min by level ({levels_text}) |")
+    names = " / ".join((AS_RECORDED,) if args.as_recorded else CONDITION_NAMES)
+    print(f"| bundle | kernels | recordings | min cosine | mean cosine | min by condition ({names}) |")
     print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     return 0

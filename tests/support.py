@@ -104,6 +104,26 @@ def speech_files() -> dict[str, list[Path]]:
     return {d.name: sorted(d.glob(f"*{SPEECH_SUFFIX}")) for d in sorted(SPEECH_DIR.iterdir()) if d.is_dir()}
 
 
+# --- the int8 export the tests share (conftest: ``titanet_small_int8``) ----------------------------------
+# TitaNet-S (the full-size architecture, random weights) quantised on four speakers: the default split
+# holds out vctk_p225 for the gate and calibrates on the other three. The rest it never hears: the
+# self-check probe's readers (1688, 1998) and vctk_p226, one corpus each way.
+INT8_EXPORT_SPEAKERS = ("librispeech_2033", "librispeech_3080", "librispeech_533", "vctk_p225")
+INT8_GATE_SPEAKERS = ["vctk_p225"]
+INT8_UNSEEN_SPEAKERS = ("librispeech_1688", "librispeech_1998", "vctk_p226")
+# Recordings per speaker the export uses (keeps the suite quick: 12 calibrate, 4 gate).
+INT8_RECORDINGS_PER_SPEAKER = 4
+
+
+def speaker_folders(speakers: tuple[str, ...] | list[str], dst: Path, per_speaker: int | None = None) -> Path:
+    """A copy of the given speakers' recordings (the first ``per_speaker`` of each) in speaker folders."""
+    for speaker in speakers:
+        (dst / speaker).mkdir(parents=True)
+        for path in speech_files()[speaker][:per_speaker]:
+            shutil.copyfile(path, dst / speaker / path.name)
+    return dst
+
+
 @functools.lru_cache(maxsize=128)
 def wav_bytes(path: Path) -> bytes:
     """A 16-bit recording as a 16-bit PCM WAV file in memory (for tests that send or cut WAV bytes).
