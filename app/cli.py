@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-cosine",
         type=float,
         default=0.995,
-        help="int8: fail unless every held-out recording's embedding, as recorded, 20 dB quieter and "
-        "amplified until clipped, has at least this cosine to the float32 graph's (default 0.995); the "
-        "most sensitive convolutions stay float32 until it does",
+        help="int8: fail unless every held-out recording's embedding, as recorded, in the telephone band, "
+        "20 dB quieter, amplified until clipped and with noise at 10 dB SNR, has at least this cosine to "
+        "the float32 graph's (default 0.995); the most sensitive convolutions stay float32 until it does",
     )
     export.add_argument("--cache-dir", type=Path, help="download cache for --pretrained")
     export.add_argument("--name", help="model name written to the manifest (default: derived)")

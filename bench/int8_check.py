@@ -8,13 +8,15 @@ with VNNI can still run the other kernels: QEMU's user-mode emulator (Debian ``q
 Emulation is slow (TitaNet-L: about 12 s per 3 s clip on one Zen 4 core) and says nothing about speed.
 
     python -m bench.int8_check --fp32 FP32_DIR --int8 INT8_DIR [--int8 ...] --speech tests/data/speech \
-        [--unseen] [--emulate Haswell] [--seconds 3] [--per-speaker 4]
+        [--unseen] [--emulate Haswell] [--seconds 3] [--per-speaker 4] [--join 30]
 
 For each int8 bundle: the cosine of its embeddings to the float32 bundle's, on the recordings of the
 speakers its manifest lists as held out (or all of ``--speech`` when it lists none), or with
 ``--unseen`` of the speakers it lists neither as calibration nor as held out (never heard by the
 export), in each condition of the export's gate (``app.export.conditions``); min and mean, natively and
-(``--emulate``) under QEMU. float32 references are computed natively.
+(``--emulate``) under QEMU. float32 references are computed natively. ``--join 30`` joins each speaker's
+recordings end to end into clips of 30 s (the longest input one pass of a NeMo bundle's graph sees):
+the telephone band's edge values grow with the length.
 
 The module doubles as the child process QEMU runs (``--child``): that path imports only numpy and
 onnxruntime, so that it starts in seconds under emulation.
@@ -30,10 +32,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:  # the QEMU child imports nothing of app: it has to start in seconds under emulation
+    from app.export.quantize import Recording
 
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
@@ -118,6 +123,18 @@ def cosines(a: Float64Array, b: Float64Array) -> Float64Array:
     return result
 
 
+def _joined(recordings: Sequence[Recording], samples: int) -> list[Recording]:
+    """Each speaker's recordings end to end, cut into whole clips of ``samples`` (the rest dropped)."""
+    from app.export.quantize import Recording
+
+    clips = []
+    for speaker in sorted({r.speaker or "" for r in recordings}):
+        wave = np.concatenate([r.wave for r in recordings if (r.speaker or "") == speaker])
+        for i in range(wave.size // samples):
+            clips.append(Recording(wave[i * samples : (i + 1) * samples], speaker or None, f"{speaker}#{i}"))
+    return clips
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fp32", type=Path, required=True, help="the float32 bundle the int8 ones came from")
@@ -127,6 +144,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--emulate", metavar="CPU", help="also run the int8 graphs under QEMU -cpu CPU (Haswell)")
     p.add_argument("--seconds", type=float, default=30.0, help="first seconds of each recording (30)")
     p.add_argument("--per-speaker", type=int, default=0, help="first N recordings per speaker (0: all)")
+    p.add_argument(
+        "--join", type=float, metavar="SECONDS", help="each speaker's recordings joined, cut to clips"
+    )
     p.add_argument("--as-recorded", action="store_true", help="only the recordings as recorded")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -160,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if by_speaker[r.speaker] <= args.per_speaker:
                     kept.append(r)
             chosen = kept
-        limit = int(args.seconds * 16000)
+        if args.join:
+            chosen = _joined(chosen, int(args.join * 16000))
+        limit = int((args.join or args.seconds) * 16000)
         conditions = (AS_RECORDED,) if args.as_recorded else CONDITION_NAMES
         waves = [derive(condition, r.wave[:limit]) for condition in conditions for r in chosen]
         labels = [condition for condition in conditions for _ in chosen]

@@ -382,6 +382,13 @@ def test_int8_check_reproduces_the_manifest_figures(
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if " | native | " in line]
     assert rows[0][2] == f"12 of {', '.join(INT8_UNSEEN_SPEAKERS)}"
     assert min(float(v) for v in rows[0][5].rstrip(" |").split(" / ")) >= 0.99
+    # --join: the held-out speaker's recordings end to end, in whole clips of 10 s.
+    held = _per_speaker(load_recordings(SPEECH_DIR), INT8_GATE_SPEAKERS, INT8_RECORDINGS_PER_SPEAKER)
+    clips = sum(r.wave.size for r in held) // (10 * SR)
+    assert clips >= 2
+    assert int8_check([*args, "--join", "10"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if " | native | " in line]
+    assert rows[0][2] == f"{clips} of {', '.join(INT8_GATE_SPEAKERS)}"
 
 
 # --- the manifest ----------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def _export_int8(args: argparse.Namespace) -> int:
     )
     print(
         f"int8 ({info.scheme}): {info.quantized_nodes} convolutions quantised; cosine to fp32 on {held}: "
-        f"min {info.min_cosine_to_fp32:.6f}, mean {info.mean_cosine_to_fp32:.6f}; worst by level: "
+        f"min {info.min_cosine_to_fp32:.6f}, mean {info.mean_cosine_to_fp32:.6f}; worst by condition: "
         + ", ".join(f"{name} {value:.6f}" for name, value in info.min_cosine_by_condition.items())
         + f"; largest score change {info.max_score_change:.4f}"
         + (f"; kept in float32: {', '.join(info.float32_nodes)}" if info.float32_nodes else "")
