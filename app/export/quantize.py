@@ -36,7 +36,7 @@
   decides: bands above 4 kHz that hold nothing make NeMo's per-band normalisation put values of about
   sqrt(frames) at an utterance's edges, and every layer after it sees activations 3-5x wider than
   wideband speech gives. Calibrated on wideband speech only, those are clipped: min cosine to float32
-  0.26 for the TitaNet fixture, 0.994-0.996 for the full-size graphs. Calibrated on all conditions,
+  0.07-0.15 for the TitaNet fixture, 0.9945-0.9957 for the full-size graphs. Calibrated on all conditions,
   the ranges hold them and the wider steps cost a little elsewhere (TitaNet-L all-int8, unseen
   speakers: worst condition 0.9968 instead of 0.9957 on the telephone band; docs/performance.md has
   the table per model). Recordings are fed whole (up to ``RECORDING_SECONDS``, the longest input one
