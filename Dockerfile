@@ -7,6 +7,9 @@
 #   docker build -t voxgate:cpu --build-arg RUNTIME_IMAGE=ubuntu:24.04 \
 #       --build-arg ORT_EXTRA=cpu --build-arg ORT_PACKAGE=onnxruntime==1.31.1 .   # CPU-only image
 #
+# With podman, build in Docker's format (`podman build --format docker`, or BUILDAH_FORMAT=docker): its
+# default OCI format has no HEALTHCHECK. scripts/compose-smoke.sh builds the CPU image and runs it for real.
+#
 # CUDA / cuDNN: the wheel metadata of onnxruntime-gpu on PyPI says which CUDA it was built for
 # (its `cuda` and `cudnn` extras): 1.19 - 1.26 want CUDA 12.x + cuDNN 9 (nvidia-*-cu12, nvidia-cudnn-cu12~=9.0);
 # 1.27 and later want CUDA 13.x + cuDNN 9 (nvidia-*-cu13 / nvidia-cuda-runtime~=13.0, nvidia-cudnn-cu13~=9.0).
@@ -38,9 +41,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# The dependencies first, read from pyproject.toml, in a layer of their own: a change to app/ or the README
+# then reinstalls only the package. The extra and the pinned ONNX Runtime build in one resolve, so pip cannot
+# pick another version.
+RUN python3 -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies'][os.environ['ORT_EXTRA']]))" > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install -r /tmp/requirements.txt "${ORT_PACKAGE}"
+COPY README.md ./
 COPY app/ app/
-# The extra and the pinned ONNX Runtime build in one resolve, so pip cannot pick another version.
+# The same requirements again: all installed above, so pip adds the package alone.
 RUN /opt/venv/bin/pip install ".[${ORT_EXTRA}]" "${ORT_PACKAGE}" \
     && /opt/venv/bin/python -I -c "import app.cli, onnxruntime; print('onnxruntime', onnxruntime.__version__)"
 

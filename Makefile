@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-serve run test lint bench
+.PHONY: setup setup-serve run test lint bench client compose-smoke
 
 setup-serve:
 	@bash scripts/setup.sh serve
@@ -19,9 +19,19 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check app tests bench scripts
-	$(VENV)/bin/ruff format --check app tests bench scripts
-	$(VENV)/bin/mypy app bench
+	$(VENV)/bin/ruff check app tests bench scripts clients/python
+	$(VENV)/bin/ruff format --check app tests bench scripts clients/python
+	$(VENV)/bin/mypy app bench clients/python/voxgate_client
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/bench_engine.py
+
+# Regenerate the Python client (clients/python) from the service's OpenAPI document.
+client: setup
+	$(PY) scripts/python_client.py
+
+# Builds the CPU image and runs the compose stack for real (Docker, or podman where no Docker engine
+# answers), checks it as a client and removes it again: scripts/compose-smoke.sh. Needs root.
+compose-smoke:
+	@bash scripts/compose-smoke.sh

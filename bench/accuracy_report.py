@@ -8,8 +8,8 @@
 ``conditions`` writes the degraded recordings and one trials file per condition under DIR, then runs
 ``voxgate eval`` (the CLI, in a subprocess) on each, with and without ``--drop-non-speech``, and prints a
 Markdown table; ``--plots DIR`` also draws the DET figures of the docs. The other sections embed through
-``app.evaluation.embed_files`` (the service's path) and print Markdown. Nothing is asserted: see
-tests/test_accuracy.py for the checks. Everything is deterministic (fixed seeds).
+``app.accuracy.trials.embed_files`` (the service's path) and print Markdown. Nothing is asserted: see
+tests/accuracy/test_accuracy.py for the checks. Everything is deterministic (fixed seeds).
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import vad
-from app.accuracy_commands import _policy, _settings, _with_engine
-from app.evaluation import compute_metrics, eer, embed_files, plot_det, read_trials
-from app.manifest import load_manifest
-from app.scoring import asnorm as as_norm
-from app.vectors import normalize_rows
+from app.accuracy.measurement import measuring_policy, tool_settings, with_engine
+from app.accuracy.metrics import compute_metrics, eer
+from app.accuracy.plots import plot_det
+from app.accuracy.trials import embed_files, read_trials
+from app.audio import vad
+from app.core.vectors import normalize_rows
+from app.engine.manifest import load_manifest
+from app.speakers.scoring import asnorm as as_norm
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "tests" / "data" / "speech"
@@ -133,7 +135,7 @@ def _energy_vad() -> Callable[[np.ndarray], float] | None:
     """The energy VAD the service used before (git history), for comparison, when git can show it."""
     try:
         source = subprocess.run(
-            ["git", "show", "6397989:app/vad.py"], cwd=REPO, capture_output=True, text=True, check=True
+            ["git", "show", "6397989:app/audio/vad.py"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -146,7 +148,7 @@ def _energy_vad() -> Callable[[np.ndarray], float] | None:
 def _work_peak_mb(seconds: int) -> float | None:
     """Peak resident memory a VAD call adds for ``seconds`` of noise (Linux: VmHWM after a reset)."""
     code = (
-        "import numpy as np\nfrom app import vad\nvad.load()\n"
+        "import numpy as np\nfrom app.audio import vad\n"
         f"x = (0.1 * np.random.default_rng(0).standard_normal({seconds} * 16000)).astype(np.float32)\n"
         "vad.speech_seconds(x[:16000])\n"
         "def status(k):\n"
@@ -338,7 +340,7 @@ def report_conditions(out: Path, model: Path, plots: Path | None) -> None:
     by_speech(out, [c for c in listings if c.startswith("cut")], model)
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
-        from app.evaluation import OperatingPoint
+        from app.accuracy.metrics import OperatingPoint
 
         def points(group: list[Any]) -> list[Any]:
             return [(c, tar, non, OperatingPoint(t["value"], t["far"], t["frr"])) for c, tar, non, t in group]
@@ -401,16 +403,16 @@ def by_speech(out: Path, conds: list[str], model: Path) -> None:
 # --- agreement --------------------------------------------------------------------------------------------
 def _embed_all(paths: dict[str, Path], model: Path) -> dict[str, np.ndarray]:
     """Unit embeddings of files (name -> path, all under one root) through the service's path, no gate."""
-    settings = _settings(model)
+    settings = tool_settings(model)
     manifest = load_manifest(model)
-    policy = _policy(settings, manifest, 0.0)
+    policy = measuring_policy(settings, manifest, 0.0)
     root = Path("/")
     names = [str(p.resolve()).lstrip("/") for p in paths.values()]
 
     async def work(engine):
         return await embed_files(engine, names, root, policy, settings)
 
-    embedded = asyncio.run(_with_engine(settings, work))
+    embedded = asyncio.run(with_engine(settings, work))
     out = {}
     for key, name in zip(paths, names, strict=True):
         e = embedded.embedding(name)

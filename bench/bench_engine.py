@@ -33,13 +33,14 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from app.engine.backend import OnnxBackend, available_cpu_cores
+from app.core.paths import REPO_ROOT
+from app.core.process import available_cpus
+from app.core.settings import Settings
+from app.engine.backend import OnnxBackend
 from app.engine.config import BatcherConfig, EngineConfig
 from app.engine.engine import EmbeddingEngine
+from app.engine.manifest import load_manifest
 from app.engine.metrics import EngineMetrics
-from app.manifest import load_manifest
-from app.paths import REPO_ROOT
-from app.settings import Settings
 
 SR = 16000
 Float32Array = npt.NDArray[np.float32]
@@ -329,13 +330,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings(providers="auto", intra_op_threads=args.threads)  # type: ignore[call-arg]
-    threads = args.threads or available_cpu_cores()
+    threads = args.threads or available_cpus()
     max_batch = args.max_batch_size or settings.max_batch_size
     max_wait_s = (args.max_wait_ms if args.max_wait_ms is not None else settings.max_wait_ms) / 1000
     specs = [(m, p) for m in args.models for p in args.precisions] + [(str(d), "") for d in args.model]
     results: list[Result] = []
     print(
-        f"# {os.uname().machine}, {available_cpu_cores()} cores, threads={threads}, "
+        f"# {os.uname().machine}, {available_cpus()} cores, threads={threads}, "
         f"max_batch_size={max_batch}, "
         f"max_wait_ms={max_wait_s * 1000:g}, max_batch_audio_seconds={settings.max_batch_audio_seconds:g}, "
         f"load average at start {os.getloadavg()[0]:.1f}",

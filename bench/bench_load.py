@@ -78,7 +78,7 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
-from app.admission import TRIM_INTERVAL_S
+from app.engine.admission import TRIM_INTERVAL_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEECH = REPO_ROOT / "tests" / "data" / "speech"
@@ -144,7 +144,7 @@ class Plan:
     request_timeout_s: float = 30.0  # normal traffic (calibration, slow_clients, sigterm)
     settle_max_s: float = 20.0
     # Once idle, the server trims its heap within one trim interval, and again one interval later
-    # (app.admission.HeapTrimmer): "RSS after" is read after both.
+    # (app.engine.admission.HeapTrimmer): "RSS after" is read after both.
     rss_after_wait_s: float = 2 * TRIM_INTERVAL_S + 1.0
 
 
@@ -1071,8 +1071,30 @@ class Bench:
             )
             for c in range(clients)
         ]
-        row.outcomes = list(await asyncio.gather(*(one_shot(self.server.port, r, timeout_s) for r in reqs)))
+        polls: list[Outcome] = []
+        poller = asyncio.create_task(self.poll_healthz(polls))
+        try:
+            row.outcomes = list(
+                await asyncio.gather(*(one_shot(self.server.port, r, timeout_s) for r in reqs))
+            )
+        finally:
+            poller.cancel()
         self.finish_common(row, t0, cpu0)
+        worst = max((o.latency_s for o in polls), default=float("nan"))
+        row.extra.update(healthz_polls=len(polls), healthz_worst_s=worst)
+        row.notes.append(f"/healthz during the uploads: worst {fmt_s(worst)} of {len(polls)} polls")
+        row.checks.append(
+            (
+                f"{label}: /healthz answered 200 within 1 s throughout",
+                bool(polls) and all(o.kind == "200" and o.latency_s < 1.0 for o in polls),
+            )
+        )
+        row.checks.append(
+            (
+                f"{label}: only 200 or 4xx answers (what cannot finish in time is refused early)",
+                all(o.kind == "200" or o.kind.startswith("4") for o in row.outcomes if o.kind.isdigit()),
+            )
+        )
         await self.settle(row)
         row.notes.insert(
             0,
@@ -1097,6 +1119,15 @@ class Bench:
                 )
             )
         return row
+
+    async def poll_healthz(self, polls: list[Outcome]) -> None:
+        """/healthz every healthz_interval_s on a connection of its own, until cancelled."""
+        p = self.plan
+        loop = asyncio.get_running_loop()
+        while True:
+            at = loop.time()
+            polls.append(await one_shot(self.server.port, self.healthz(), 5.0))
+            await asyncio.sleep(max(0.0, p.healthz_interval_s - (loop.time() - at)))
 
     async def big_uploads(self) -> list[Row]:
         p = self.plan

@@ -109,8 +109,8 @@ def gpu_unavailable() -> str | None:
         )
     if not cuda_device_present():
         return "no CUDA device is visible (no libcuda.so.1, or the driver sees no GPU)"
-    from app.manifest import load_manifest
-    from app.paths import DEFAULT_MODEL_DIR
+    from app.core.paths import DEFAULT_MODEL_DIR
+    from app.engine.manifest import load_manifest
 
     try:
         backend = OnnxBackend(DEFAULT_MODEL_DIR, load_manifest(DEFAULT_MODEL_DIR), providers=["cuda"])
@@ -244,7 +244,7 @@ class Graph:
 
 
 def plan_graphs(models: Sequence[str], precisions: Sequence[str], cache: Path) -> list[Graph]:
-    from app.manifest import load_manifest
+    from app.engine.manifest import load_manifest
 
     graphs = []
     for spec in models:
@@ -388,9 +388,9 @@ def run_job(job: Job, args: argparse.Namespace, budget: Budget) -> dict[str, Any
 def worker_main(spec: dict[str, Any]) -> int:
     from prometheus_client import CollectorRegistry
 
+    from app.core.settings import Settings
     from app.engine.config import EngineConfig
     from app.engine.engine import EmbeddingEngine
-    from app.settings import Settings
     from bench.bench_engine import run_baseline_b, run_engine, utterances
 
     settings = Settings.model_validate(

@@ -13,7 +13,7 @@ Emulation is slow (TitaNet-L: about 12 s per 3 s clip on one Zen 4 core) and say
 For each int8 bundle: the cosine of its embeddings to the float32 bundle's, on the recordings of the
 speakers its manifest lists as held out (or all of ``--speech`` when it lists none), or with
 ``--unseen`` of the speakers it lists neither as calibration nor as held out (never heard by the
-export), in each condition of the export's gate (``app.export.conditions``); min and mean, natively and
+export), in each condition of the export's gate (``app.audio.conditions``); min and mean, natively and
 (``--emulate``) under QEMU. float32 references are computed natively. ``--join 30`` joins each speaker's
 recordings end to end into clips of 30 s (the longest input one pass of a NeMo bundle's graph sees):
 the telephone band's edge values grow with the length.
@@ -156,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--child"]:
         return _child(sys.argv[2:])
     args = _parse(argv)
-    from app.export.conditions import AS_RECORDED, CONDITION_NAMES, derive
+    from app.audio.conditions import AS_RECORDED, CONDITION_NAMES, derive
+    from app.engine.manifest import GRAPH_FILE, load_manifest
     from app.export.quantize import load_recordings
-    from app.manifest import GRAPH_FILE, load_manifest
 
     recordings = load_recordings(args.speech)
     rows = []

@@ -15,7 +15,7 @@ its default split holds two of them out for the gate and calibrates on three. Tw
 * ``gated``: the exporter's own procedure at ``--min-cosine`` (convolutions kept float32 until every
   condition of the held-out speakers reaches it; refused when half would have to be);
 
-and, per graph, the worst cosine to float32 in each condition (``app.export.conditions``) on the gate's
+and, per graph, the worst cosine to float32 in each condition (``app.audio.conditions``) on the gate's
 speakers and on the unseen ones. A last table measures the float32 reference itself: the cosine
 between its embedding of a recording and of the same recording plus white noise at -100 dBFS, per
 condition (inaudible; 16-bit audio has more). Where that is far from 1, float32's embedding depends on
@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from app.export.conditions import AS_RECORDED, CLIPPED, CONDITION_NAMES, QUIETER, derive
+from app.audio.conditions import AS_RECORDED, CLIPPED, CONDITION_NAMES, QUIETER, derive
+from app.core.paths import REPO_ROOT
+from app.engine.manifest import GRAPH_FILE
 from app.export.quantize import (
     DEFAULT_MIN_COSINE,
     QuantizationError,
@@ -44,8 +46,6 @@ from app.export.quantize import (
     quantize_graph,
     split_calibration,
 )
-from app.manifest import GRAPH_FILE
-from app.paths import REPO_ROOT
 from bench.int8_check import cosines, embed_graphs
 
 Float32Array = npt.NDArray[np.float32]

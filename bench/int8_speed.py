@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.engine.backend import available_cpu_cores
-from app.manifest import GRAPH_FILE
-from app.paths import REPO_ROOT
+from app.core.paths import REPO_ROOT
+from app.core.process import available_cpus
+from app.engine.manifest import GRAPH_FILE
 from bench.bench_engine import prepare_model, torch_baseline, utterances
 
 
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=REPO_ROOT / "data" / "bench-models")
     p.add_argument("--calibration-audio", type=Path, default=REPO_ROOT / "tests" / "data" / "speech")
     args = p.parse_args(argv)
-    threads = args.threads or available_cpu_cores()
+    threads = args.threads or available_cpus()
     print(
-        f"# {os.uname().machine}, {available_cpu_cores()} cores, threads={threads}, batch={args.batch}, "
+        f"# {os.uname().machine}, {available_cpus()} cores, threads={threads}, batch={args.batch}, "
         f"rounds={args.rounds}, load average at start {os.getloadavg()[0]:.1f}",
         flush=True,
     )

@@ -9,7 +9,8 @@
 #                                          a CUDA build of several GB), the export, dev, reference and eval extras,
 #                                          Debian's chromium (apt, when missing) for the /docs browser test, and
 #                                          qemu-user (apt, when missing): int8 graphs are checked on emulated
-#                                          AVX2-only kernels whatever CPU the tests run on
+#                                          AVX2-only kernels whatever CPU the tests run on; and the Python
+#                                          client (clients/python), which the tests run against the service
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +33,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# A stamp is current when it exists and pyproject.toml (the dependency list) is not newer.
-current() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+# A stamp is current when it exists and no pyproject.toml (the dependency lists) is newer.
+current() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ] && [ ! clients/python/pyproject.toml -nt "$1" ]; }
 
 setup_serve() {
   local stamp="$VENV/.voxgate-serve"
@@ -70,8 +71,8 @@ setup_test() {
   fi
   say "installing $TORCH (CPU build) into $VENV"
   "${PIP[@]}" "$TORCH"
-  say "installing the export, dev, reference and eval extras into $VENV (pip install -e '.[cpu,export,dev,reference,eval]')"
-  "${PIP[@]}" -e ".[cpu,export,dev,reference,eval]"
+  say "installing the export, dev, reference and eval extras and the Python client into $VENV (pip install -e '.[cpu,export,dev,reference,eval]' -e clients/python)"
+  "${PIP[@]}" -e ".[cpu,export,dev,reference,eval]" -e clients/python
   touch "$stamp"
   say "test dependencies installed ($(du -sh "$VENV" | cut -f1) in $VENV)"
 }

@@ -1,4 +1,4 @@
-"""Fixtures only (helpers live in tests/support.py): the data directories, a real redis-server on a
+"""Fixtures only (helpers live in tests/support/): the data directories, a real redis-server on a
 free port, and the check that the repository's test data is all there before anything is collected."""
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (
+from tests.support.data import (
     INT8_EXPORT_SPEAKERS,
     INT8_RECORDINGS_PER_SPEAKER,
     NEMO_FIXTURES,
     SPEECH_DIR,
-    RedisProcess,
     check_test_data,
-    free_port,
     missing_data_message,
     speaker_folders,
 )
+from tests.support.redis_server import RedisProcess, free_port
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -1,26 +1,31 @@
-"""Dependencies as ``Annotated`` aliases, so route signatures read as plain types."""
+"""Dependencies as ``Annotated`` aliases, so route signatures read as plain types.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, and the
+handoff (a thread pool submit and wake-up per dependency) cost more CPU than the whole HTTP parsing of a
+request (docs/performance.md)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.admission import Admitted
+from app.access.auth import Caller
+from app.access.scopes import Scope
 from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
+from app.api.middleware import ARRIVED_STATE_KEY
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
-from app.audio import check_declared_duration
-from app.auth import Caller
-from app.observability import ARRIVED_STATE_KEY
-from app.speakers import Waiting
-from app.store.keys import SPEAKER_ID_PATTERN
+from app.audio.decode import check_declared_duration
+from app.core.ids import SPEAKER_ID_PATTERN
+from app.engine.admission import Admitted
+from app.engine.engine import Waiting
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return cast(AppState, getattr(request.state, STATE_KEY))
 
 
@@ -43,23 +48,46 @@ async def authenticate(
     headers, every value of them.)"""
     headers = request.headers
     return await state.gate.caller(
-        headers.getlist("authorization"), headers.getlist("x-api-key"), request_id(request)
+        headers.getlist("authorization"), headers.getlist("x-api-key"), _request_id(request)
     )
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
-def request_id(request: Request) -> str | None:
+def _holding(scope: Scope) -> Callable[..., Awaitable[Caller]]:
+    async def authorize(request: Request, state: State, caller: CallerDep) -> Caller:
+        """The caller, when its key holds the scope; else 403 ``insufficient_scope``."""
+        return await state.gate.authorize(caller, scope, _request_id(request))
+
+    authorize.__name__ = f"authorize_{scope.name.lower()}"
+    return authorize
+
+
+# A route names the scope it needs by the caller it takes (declared first, so that the scope is checked
+# before any body is read).
+EnrollCaller = Annotated[Caller, Depends(_holding(Scope.ENROLL))]
+VerifyCaller = Annotated[Caller, Depends(_holding(Scope.VERIFY))]
+IdentifyCaller = Annotated[Caller, Depends(_holding(Scope.IDENTIFY))]
+ReadCaller = Annotated[Caller, Depends(_holding(Scope.READ))]
+DeleteCaller = Annotated[Caller, Depends(_holding(Scope.DELETE))]
+ExportCaller = Annotated[Caller, Depends(_holding(Scope.EXPORT))]
+
+
+def _request_id(request: Request) -> str | None:
     """The id the request middleware gave this request (logs, problems, the audit trail)."""
     value = getattr(request.state, "request_id", None)
     return str(value) if value is not None else None
 
 
+async def request_id(request: Request) -> str | None:
+    return _request_id(request)
+
+
 RequestId = Annotated[str | None, Depends(request_id)]
 
 
-def request_waiting(request: Request, state: State) -> Waiting:
+async def request_waiting(request: Request, state: State) -> Waiting:
     """The request's deadline (from its arrival) and how to notice its client went away."""
     arrived = getattr(request.state, ARRIVED_STATE_KEY, None) or time.monotonic()
     return Waiting(

@@ -38,9 +38,9 @@ from pydantic import (
 from starlette.requests import Request
 
 from app.api.multipart import FileHeadCheck, FormContents, UploadedFile, read_multipart
-from app.errors import InvalidRequest, InvalidSpeakerId
-from app.settings import Settings
-from app.store.keys import SPEAKER_ID_PATTERN, invalid_speaker_id
+from app.core.errors import InvalidRequest, InvalidSpeakerId
+from app.core.ids import SPEAKER_ID_PATTERN, invalid_speaker_id
+from app.core.settings import Settings
 
 FormT = TypeVar("FormT", bound="Form")
 
@@ -57,9 +57,19 @@ AudioFile = Annotated[
     WithJsonSchema({"type": "string", "format": "binary"}),
 ]
 SpeakerId = Annotated[str, StringConstraints(pattern=SPEAKER_ID_PATTERN)]
+_FLOOR = (
+    "Stricter than the operator's threshold, or at least at its floor: below it the answer is 403 "
+    "threshold_below_floor unless the API key holds the threshold-override scope."
+)
 Threshold = Annotated[
     float | None,
-    Field(None, ge=-1.0, le=1.0, allow_inf_nan=False, description="Cosine threshold for a match."),
+    Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=f"Cosine threshold for a match. {_FLOOR}",
+    ),
 ]
 # VOXGATE_SCORE_NORMALIZATION=asnorm: scores (and thresholds) are AS-Norm z-scores, not cosines.
 ASNORM_THRESHOLD_LIMIT = 100.0
@@ -70,7 +80,7 @@ AsnormThreshold = Annotated[
         ge=-ASNORM_THRESHOLD_LIMIT,
         le=ASNORM_THRESHOLD_LIMIT,
         allow_inf_nan=False,
-        description="AS-Norm score threshold for a match.",
+        description=f"AS-Norm score threshold for a match. {_FLOOR}",
     ),
 ]
 
@@ -161,12 +171,18 @@ class EnrollForm(Form):
 
 
 class VerifyForm(Form):
-    # Exactly one of the two, written so that schema-driven clients (schemathesis) generate it.
+    # Exactly one of the two, written so that schema-driven clients (schemathesis) generate it. Inside
+    # allOf, beside the properties: a top-level anyOf is read by client generators as the whole schema
+    # (openapi-python-client then drops the properties and sends an empty form).
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [
-                {"required": ["speaker_id"], "not": {"required": ["reference"]}},
-                {"required": ["reference"], "not": {"required": ["speaker_id"]}},
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"required": ["speaker_id"], "not": {"required": ["reference"]}},
+                        {"required": ["reference"], "not": {"required": ["speaker_id"]}},
+                    ]
+                }
             ]
         }
     )
@@ -343,21 +359,25 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {**kept[0], **rest} if len(kept) == 1 else {**rest, "anyOf": kept}
 
 
-def openapi_body(model: type[Form]) -> dict[str, Any]:
-    """``openapi_extra`` for a route whose body is ``model`` as multipart/form-data.
-
-    Object fields (metadata) are JSON-encoded parts; ``json_schema_extra`` of the model can add
-    combinators (verify: exactly one of speaker_id / reference).
-    """
+def form_schema(model: type[Form]) -> dict[str, Any]:
+    """The JSON schema of a form as the OpenAPI document names it (``components/schemas/<model name>``);
+    ``json_schema_extra`` of the model can add combinators (verify: exactly one of speaker_id /
+    reference)."""
     schema = copy.deepcopy(model.model_json_schema())
-    properties = {name: _without_null(prop) for name, prop in schema.get("properties", {}).items()}
-    schema["properties"] = properties
+    schema["properties"] = {name: _without_null(prop) for name, prop in schema.get("properties", {}).items()}
+    return schema
+
+
+def openapi_body(model: type[Form]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is ``model`` as multipart/form-data (the schema itself is
+    added to the document's components by ``app.api.routes.openapi``). Object fields (metadata) are
+    JSON-encoded parts."""
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
     encoding = {
         name: {"contentType": "application/json"}
-        for name, prop in properties.items()
+        for name, prop in form_schema(model)["properties"].items()
         if prop.get("type") == "object"
     }
-    media: dict[str, Any] = {"schema": schema}
     if encoding:
         media["encoding"] = encoding
     return {"requestBody": {"required": True, "content": {"multipart/form-data": media}}}

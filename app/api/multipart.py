@@ -17,7 +17,13 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import AudioTooLarge, InvalidRequest, RequestCancelled, UnsupportedMediaType, VoxGateError
+from app.core.errors import (
+    AudioTooLarge,
+    InvalidRequest,
+    RequestCancelled,
+    UnsupportedMediaType,
+    VoxGateError,
+)
 
 if TYPE_CHECKING:  # the TypedDict exists only for type checkers
     from python_multipart.multipart import MultipartCallbacks

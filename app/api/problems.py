@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import VoxGateError
-from app.store.keys import invalid_speaker_id
+from app.core.errors import VoxGateError
+from app.core.ids import invalid_speaker_id
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from app.admission import Admission
+from app.access.auth import Gate
 from app.api.forms import Forms
-from app.api.intake import AudioIntake
-from app.auth import Gate
-from app.engine.engine import EmbeddingEngine
-from app.manifest import ModelManifest
-from app.settings import Settings
-from app.speakers import SpeakerOperations
+from app.core.settings import Settings
+from app.engine.admission import Admission
+from app.engine.engine import Engine
+from app.engine.intake import AudioIntake
+from app.engine.manifest import ModelManifest
+from app.speakers.operations import SpeakerOperations
 from app.store.tenants import TenantIndexes
 
 STATE_KEY = "voxgate"
@@ -22,14 +22,15 @@ STATE_KEY = "voxgate"
 @dataclass(frozen=True)
 class AppState:
     settings: Settings
-    engine: EmbeddingEngine
+    engine: Engine
     tenants: TenantIndexes
     speakers: SpeakerOperations
     forms: Forms
     admission: Admission
     intake: AudioIntake
     gate: Gate
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # where the app's metrics are
+    exposition: CollectorRegistry  # what /metrics serves (every process's, in a multi-process service)
 
     @property
     def manifest(self) -> ModelManifest:

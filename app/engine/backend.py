@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from app.core.process import available_cpus
+from app.core.settings import CudnnConvAlgoSearch, ProviderName
 from app.engine.config import EngineConfig
+from app.engine.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
 from app.engine.shapes import ShapePlan
-from app.manifest import GRAPH_FILE, ManifestError, ModelManifest, check_graph_io, load_manifest
-from app.settings import CudnnConvAlgoSearch, ProviderName
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,6 @@ def cuda_device_present() -> bool:
     return count.value > 0
 
 
-def available_cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def resolve_providers(requested: Sequence[ProviderName] | str) -> list[str]:
     """Settings' provider preference -> ORT provider names that this onnxruntime build has.
 
@@ -151,6 +144,21 @@ def resolve_providers(requested: Sequence[ProviderName] | str) -> list[str]:
     return chosen
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """How every session of the engine runs (the embedding graph and the VAD)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ONNX Runtime's CPU threads otherwise spin after each batch, taking the cores the event loop and
+    # the decoding threads need: at twice the sustainable load, 429 p99 35 vs 43 ms and 5 % more
+    # throughput without spinning (bench_load overload, 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: ORT's warnings about shape inference are noise here
+    return options
+
+
 class OnnxBackend:
     """One ONNX Runtime session over a VoxGate graph (``audio``, ``lengths`` -> ``embedding``)."""
 
@@ -173,17 +181,8 @@ class OnnxBackend:
         self.manifest = manifest
         self._dim = manifest.embedding_dim
         chosen = resolve_providers(providers)
-        threads = intra_op_threads or available_cpu_cores()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime's CPU threads otherwise spin after each batch, taking the cores the event loop and
-        # the decoding threads need: at twice the sustainable load, 429 p99 35 vs 43 ms and 5 % more
-        # throughput without spinning (bench_load overload, 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only: ORT's warnings about shape inference are noise here
+        threads = intra_op_threads or available_cpus()
+        options = session_options(threads)
         self._max_samples = max_samples
         self._measured_samples_per_s: float | None = None
         self._warm_samples = 0  # the largest batch (samples, all rows) the warm-up ran

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from app.core.errors import DeadlineExceeded, EngineUnavailable, Overloaded, VoxGateError
 from app.engine.backend import EmbeddingBackend, run_padded
 from app.engine.config import BatcherConfig
 from app.engine.metrics import EngineMetrics
-from app.errors import DeadlineExceeded, EngineUnavailable, Overloaded, VoxGateError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,26 @@ class Item:
             self.ticket.loop.call_soon_threadsafe(_settle, self.future, value)
 
 
+def _settle_all(pairs: list[tuple[asyncio.Future[Float32Array], Float32Array | BaseException]]) -> None:
+    for future, value in pairs:
+        _settle(future, value)
+
+
+def resolve_all(items: list[Item], values: list[Float32Array]) -> None:
+    """Settle a batch's items, one wake-up of each caller's loop for all of them (``resolve`` costs a
+    wake-up, a system call, per item)."""
+    Pairs = list[tuple[asyncio.Future[Float32Array], Float32Array | BaseException]]
+    by_loop: dict[asyncio.AbstractEventLoop, Pairs] = {}
+    for item, value in zip(items, values, strict=True):
+        if not item.done:
+            item.done = True
+            by_loop.setdefault(item.ticket.loop, []).append((item.future, value))
+    for loop, pairs in by_loop.items():
+        # RuntimeError: the caller's loop is closed, nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_all, pairs)
+
+
 def cut_batch(
     pending: list[Item],
     *,
@@ -161,6 +181,7 @@ class DynamicBatcher:
         metrics: EngineMetrics,
         *,
         warmup: Callable[[], object] | None = None,
+        initial_samples_per_s: float = INITIAL_SAMPLES_PER_S,
     ) -> None:
         self._backend = backend
         self._config = config
@@ -175,7 +196,7 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self._consecutive_failures = 0
         self._seconds_per_item = 0.05  # running estimate, for Retry-After
-        self._samples_per_s = INITIAL_SAMPLES_PER_S  # running estimate of the backend's throughput
+        self._samples_per_s = initial_samples_per_s  # running estimate of the backend's throughput
         self.batches_run = 0
 
     # --- state -----------------------------------------------------------------------------------
@@ -404,6 +425,5 @@ class DynamicBatcher:
         m.padding_fraction.observe(1.0 - real / (padded * len(live)))
         m.padded_samples.inc(padded * len(live))
         m.real_samples.inc(real)
-        for row, it in enumerate(live):
-            it.resolve(out[row])
+        resolve_all(live, [out[row] for row in range(len(live))])
         self._inflight = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from app.settings import CudnnConvAlgoSearch, ProviderName, Settings
+from app.core.settings import CudnnConvAlgoSearch, ProviderName, Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
+from app.audio import vad
+from app.audio.recording import Recording, SpeechGate
+from app.audio.vad import Region
+from app.core.errors import (
+    DeadlineExceeded,
+    EngineUnavailable,
+    InvalidAudio,
+    InvalidRequest,
+    Overloaded,
+    RequestCancelled,
+)
+from app.core.settings import Settings
+from app.core.vectors import l2_normalize
 from app.engine.backend import EmbeddingBackend, OnnxBackend
 from app.engine.batcher import DynamicBatcher, Ticket
 from app.engine.config import BatcherConfig, EngineConfig
+from app.engine.load import Load
+from app.engine.manifest import ModelManifest
 from app.engine.metrics import EngineMetrics
 from app.engine.segments import SegmentPlan, SegmentPolicy, combine_segments, plan_segments
-from app.errors import DeadlineExceeded, EngineUnavailable, InvalidAudio, Overloaded, RequestCancelled
-from app.manifest import ModelManifest
-from app.selfcheck import SelfCheckResult, run_selfcheck
-from app.settings import Settings
+from app.engine.selfcheck import SelfCheckResult, run_selfcheck
+from app.engine.speech import SpeechBackend, regions_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +51,78 @@ MIN_SECONDS = 0.1
 AVERAGE_REQUEST_SECONDS = 5.0
 # Segment planning (VAD over the whole recording) moves off the event loop above this length.
 INLINE_PLAN_MAX_SAMPLES = 16000 * 30
+# Recordings per speech-detection batch (the VAD's work memory grows with it; see app.audio.vad).
+SPEECH_MAX_BATCH = 64
+# Speech detection's throughput until measured: 100x real time (one CPU thread does about 500x).
+SPEECH_INITIAL_SAMPLES_PER_S = 100.0 * 16000
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How long an operation may take, and how to tell that nobody waits for its answer any more."""
+
+    deadline: float  # time.monotonic()
+    is_disconnected: Callable[[], Awaitable[bool]] | None = None
+
+
+@contextlib.contextmanager
+def _outcome(metrics: EngineMetrics) -> Iterator[None]:
+    """Count one request of a stage by how it ended (ok, overloaded, deadline_exceeded, cancelled, ...)."""
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    except Overloaded:
+        status = "overloaded"
+        raise
+    except DeadlineExceeded:
+        status = "deadline_exceeded"
+        raise
+    except (RequestCancelled, asyncio.CancelledError):
+        status = "cancelled"
+        raise
+    except EngineUnavailable:
+        status = "unavailable"
+        raise
+    finally:
+        metrics.requests.labels(outcome=status).inc()
+
+
+class Engine(Protocol):
+    """What the rest of the service uses of inference: the in-process ``EmbeddingEngine``, or a front-end
+    worker's ``app.engine.remote.RemoteEngine`` in front of the inference process."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def selfcheck(self) -> SelfCheckResult | None: ...
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """Where the engine's own metrics are, when /metrics must add them (None: already in the app's)."""
+        ...
+
+    def load(self) -> Load: ...
+
+    async def analyze(
+        self,
+        recordings: Sequence[Recording],
+        waiting: Waiting,
+        *,
+        gate: SpeechGate | None = None,
+        drop_non_speech: bool | None = None,
+    ) -> tuple[list[Recording], list[Float32Array]]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class EmbeddingEngine:
@@ -49,6 +137,7 @@ class EmbeddingEngine:
         max_audio_seconds: float = 300.0,
         metrics: EngineMetrics | None = None,
         model_dir: Path | None = None,  # the bundle, whose probe the start-up self-check embeds
+        speech: SpeechBackend | None = None,  # the VAD; by default on one CPU thread
     ) -> None:
         self.manifest = manifest
         self.backend = backend
@@ -74,6 +163,23 @@ class EmbeddingEngine:
             self.selfcheck = run_selfcheck(backend, manifest, model_dir)  # raises: start-up fails
 
         self._batcher = DynamicBatcher(backend, self.config, self.metrics, warmup=start_up)
+        speech = speech or SpeechBackend(vad.SpeechModel())
+        self.speech_provider = speech.provider
+
+        def start_speech() -> None:
+            if warmup:
+                speech.warmup(max_batch_size=0, max_samples=0, max_batch_samples=0)
+                self._speech.assume_throughput(speech.measured_samples_per_s)
+
+        speech_config = replace(self.config, max_batch_size=SPEECH_MAX_BATCH)
+        self._speech_metrics = EngineMetrics(self.metrics.registry, prefix="voxgate_vad")
+        self._speech = DynamicBatcher(
+            speech,
+            speech_config,
+            self._speech_metrics,
+            warmup=start_speech,
+            initial_samples_per_s=SPEECH_INITIAL_SAMPLES_PER_S,
+        )
         # Running average of the padded samples one embed() call brings (admission counts requests
         # whose audio is still being decoded at this size).
         self._request_samples = float(AVERAGE_REQUEST_SECONDS * manifest.sample_rate)
@@ -95,6 +201,7 @@ class EmbeddingEngine:
         cls, config: EngineConfig, *, registry: CollectorRegistry | None = None
     ) -> EmbeddingEngine:
         backend = OnnxBackend.from_config(config)
+        speech = SpeechBackend.from_options(config.backend)
         return cls(
             backend,
             backend.manifest,
@@ -104,6 +211,7 @@ class EmbeddingEngine:
             max_audio_seconds=config.max_audio_seconds,
             metrics=EngineMetrics(registry),
             model_dir=config.model_dir,
+            speech=speech,
         )
 
     # --- state -----------------------------------------------------------------------------------
@@ -113,16 +221,28 @@ class EmbeddingEngine:
 
     @property
     def ready(self) -> bool:
-        return self._started and self._batcher.ready
+        return self._started and self._batcher.ready and self._speech.ready
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        return self.metrics.registry
 
     def queue_depth(self) -> int:
-        return self._batcher.depth()
+        """Items waiting for either stage (speech detection, embedding)."""
+        return self._speech.depth() + self._batcher.depth()
+
+    def load(self) -> Load:
+        """Both stages' backlog and recent throughput, now."""
+        return Load(
+            speech_backlog=self._speech.backlog_samples(),
+            speech_rate=self._speech.samples_per_second,
+            embed_backlog=self._batcher.backlog_samples(),
+            embed_rate=self._batcher.samples_per_second,
+            request_samples=self._request_samples,
+        )
 
     def expected_wait_s(self, *, extra_samples: int = 0, extra_requests: int = 0) -> float:
-        """Seconds until the engine would be through its queue plus ``extra_samples`` of audio and
-        ``extra_requests`` requests of average size, at its recent throughput."""
-        samples = self._batcher.backlog_samples() + extra_samples + extra_requests * self._request_samples
-        return float(samples / self._batcher.samples_per_second)
+        return self.load().expected_wait_s(extra_samples=extra_samples, extra_requests=extra_requests)
 
     @property
     def batches_run(self) -> int:
@@ -131,14 +251,17 @@ class EmbeddingEngine:
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Warm up on the worker thread (the loop keeps serving), then accept requests."""
-        started = self._batcher.start()
-        await asyncio.wrap_future(started)
+        await asyncio.gather(
+            asyncio.wrap_future(self._speech.start()), asyncio.wrap_future(self._batcher.start())
+        )
         self._started = True
         log.info("inference engine started", extra={"provider": self.provider, "model": self.manifest.name})
 
     async def stop(self) -> None:
         """Refuse new requests, finish the accepted ones, stop the worker."""
+        self._speech.stop()
         self._batcher.stop()
+        await asyncio.to_thread(self._speech.join)
         await asyncio.to_thread(self._batcher.join)
         self._started = False
 
@@ -149,39 +272,22 @@ class EmbeddingEngine:
         *,
         deadline: float | None = None,
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        regions: Sequence[Region] | None = None,
     ) -> Float32Array:
-        """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate."""
-        status = "failed"
-        try:
-            result = await self._embed(waveform, deadline, is_disconnected)
-            status = "ok"
-            return result
-        except Overloaded:
-            status = "overloaded"
-            raise
-        except DeadlineExceeded:
-            status = "deadline_exceeded"
-            raise
-        except (RequestCancelled, asyncio.CancelledError):
-            status = "cancelled"
-            raise
-        except EngineUnavailable:
-            status = "unavailable"
-            raise
-        finally:
-            self.metrics.requests.labels(outcome=status).inc()
+        """Raw (not normalised) embedding [dim] of a mono float32 waveform at the model's sample rate.
+        ``regions``: where its speech is, when the caller's VAD already found it (weights long audio's
+        segments; without them the VAD runs when the audio is long enough to be segmented)."""
+        with _outcome(self.metrics):
+            return await self._embed(waveform, deadline, is_disconnected, regions)
 
     async def _embed(
         self,
         waveform: np.ndarray,
         deadline: float | None,
         is_disconnected: Callable[[], Awaitable[bool]] | None,
+        regions: Sequence[Region] | None,
     ) -> Float32Array:
-        dead = self._batcher.dead
-        if dead is not None:
-            raise EngineUnavailable(f"inference worker died: {dead!r}")
-        if not self._started:
-            raise EngineUnavailable("inference engine is not running")
+        self._check_running()
         audio = self._check_waveform(waveform)
         limit = time.monotonic() + self.request_timeout_s
         deadline = limit if deadline is None else min(deadline, limit)
@@ -189,10 +295,10 @@ class EmbeddingEngine:
             raise DeadlineExceeded("deadline passed before inference")
         if is_disconnected is not None and await is_disconnected():
             raise RequestCancelled("client disconnected before inference")
-        plan = await self._plan(audio)
+        plan = await self._plan(audio, regions)
         self._admit(plan, deadline)
         ticket = self._batcher.submit(plan.cut(audio), deadline, asyncio.get_running_loop())
-        embeddings = await self._wait(ticket, deadline, is_disconnected)
+        embeddings = await self._wait(self._batcher, ticket, deadline, is_disconnected)
         return combine_segments(np.stack(embeddings), plan.weights)
 
     def _admit(self, plan: SegmentPlan, deadline: float) -> None:
@@ -210,50 +316,45 @@ class EmbeddingEngine:
         extra_samples: int = 0,
         extra_requests: int = 0,
     ) -> None:
-        """Refuse at once audio that cannot be through inference by its deadline, instead of queueing
-        it to time out: 504 when its own work alone is too long, 429 when the queue ahead (plus
-        ``extra_samples`` / ``extra_requests`` on their way) makes it so. ``before_s``: the time the
-        audio itself still needs before it reaches the engine (its decoding), ``queued_before_s``: the
-        time it waits for that (others' decoding ahead of it). Admission asks before decoding, from the
-        durations the containers declare; ``embed`` asks again with the real audio."""
-        remaining = deadline - time.monotonic()
-        alone = before_s + samples / self._batcher.samples_per_second
-        if alone > remaining:
-            raise DeadlineExceeded(
-                f"this audio needs about {alone:.1f} s of decoding and inference; "
-                f"{max(0.0, remaining):.1f} s of the request's deadline are left"
-            )
-        wait = (
-            before_s
-            + queued_before_s
-            + self.expected_wait_s(extra_samples=samples + extra_samples, extra_requests=extra_requests)
+        """``Load.refuse_unless_in_time`` on the engine's load now (a request may take request_timeout_s)."""
+        self.load().refuse_unless_in_time(
+            samples,
+            deadline,
+            before_s=before_s,
+            queued_before_s=queued_before_s,
+            extra_samples=extra_samples,
+            extra_requests=extra_requests,
+            budget_s=self.request_timeout_s,
         )
-        if wait > remaining:
-            raise Overloaded(
-                f"expected completion in {wait:.1f} s is past the deadline ({remaining:.1f} s left)",
-                retry_after_s=wait - remaining,
-            )
 
-    def _check_waveform(self, waveform: np.ndarray) -> Float32Array:
+    def _check_running(self) -> None:
+        for batcher in (self._speech, self._batcher):
+            if batcher.dead is not None:
+                raise EngineUnavailable(f"inference worker died: {batcher.dead!r}")
+        if not self._started:
+            raise EngineUnavailable("inference engine is not running")
+
+    def _check_waveform(self, waveform: np.ndarray, min_samples: int | None = None) -> Float32Array:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)
         if audio.ndim != 1:
             raise InvalidAudio(f"expected a mono waveform (1-D), got shape {audio.shape}")
-        if audio.shape[0] < self._min_samples:
+        if audio.shape[0] < (self._min_samples if min_samples is None else min_samples):
             raise InvalidAudio(f"audio shorter than {MIN_SECONDS} s")
         if not np.isfinite(audio).all():
             raise InvalidAudio("audio contains NaN or infinite samples")
         return audio
 
-    async def _plan(self, audio: Float32Array) -> SegmentPlan:
+    async def _plan(self, audio: Float32Array, regions: Sequence[Region] | None) -> SegmentPlan:
         seg = self.policy.segment_samples
         if seg is None or audio.shape[0] <= seg:
             return SegmentPlan(bounds=((0, int(audio.shape[0])),), weights=(1.0,))
-        if audio.shape[0] <= INLINE_PLAN_MAX_SAMPLES:
-            return plan_segments(audio, self.policy)
+        if regions is not None or audio.shape[0] <= INLINE_PLAN_MAX_SAMPLES:
+            return plan_segments(audio, self.policy, regions)
         return await asyncio.to_thread(plan_segments, audio, self.policy)
 
     async def _wait(
         self,
+        batcher: DynamicBatcher,
         ticket: Ticket,
         deadline: float,
         is_disconnected: Callable[[], Awaitable[bool]] | None,
@@ -270,21 +371,79 @@ class EmbeddingEngine:
                 )
                 for future in done:
                     if future.exception() is not None:
-                        self._batcher.cancel(ticket)
+                        batcher.cancel(ticket)
                         raise future.exception()  # type: ignore[misc]
                 if not waiting:
                     break
                 if time.monotonic() >= deadline:
-                    self._batcher.cancel(ticket)
+                    batcher.cancel(ticket)
                     raise DeadlineExceeded(f"no result within the deadline ({self.request_timeout_s} s max)")
                 if is_disconnected is not None and await is_disconnected():
-                    self._batcher.cancel(ticket)
+                    batcher.cancel(ticket)
                     raise RequestCancelled("client disconnected while waiting for inference")
         except asyncio.CancelledError:
-            self._batcher.cancel(ticket)
+            batcher.cancel(ticket)
             raise
         finally:
             for future in ticket.futures:
                 if not future.done():
                     future.cancel()
         return [future.result() for future in ticket.futures]
+
+    async def find_speech(self, recordings: Sequence[Recording], waiting: Waiting) -> list[Recording]:
+        """The recordings with their speech regions, detected together (one batch when they fit)."""
+        if not recordings:
+            raise InvalidRequest("no recordings")
+        self._check_running()
+        # Any length: a recording too short to embed has no speech either (422 no_speech, as the gate says).
+        waveforms = [self._check_waveform(r.waveform, min_samples=1) for r in recordings]
+        deadline = min(waiting.deadline, time.monotonic() + self.request_timeout_s)
+        with _outcome(self._speech_metrics):
+            ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
+            rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
+        return [
+            r.with_regions(regions_of(row, int(w.shape[0])))
+            for r, w, row in zip(recordings, waveforms, rows, strict=True)
+        ]
+
+    async def analyze(
+        self,
+        recordings: Sequence[Recording],
+        waiting: Waiting,
+        *,
+        gate: SpeechGate | None = None,
+        drop_non_speech: bool | None = None,
+    ) -> tuple[list[Recording], list[Float32Array]]:
+        """Speech detection, then unit-length embeddings of all recordings, submitted together so both
+        stages can batch them: the one way recordings become embeddings, for the service and for
+        ``voxgate eval``. ``gate`` refuses the whole call (its ``no_speech`` / ``not_enough_speech``)
+        before any embedding when one recording has too little speech. Only the speech regions are
+        embedded when the model's manifest says ``drop_non_speech``, or the caller does."""
+        found = await self.find_speech(recordings, waiting)
+        if gate is not None:
+            for recording in found:
+                gate.check(recording)
+        trim = self.manifest.drop_non_speech if drop_non_speech is None else drop_non_speech
+
+        async def one(recording: Recording) -> Float32Array:
+            waveform, regions = recording.waveform, recording.regions or None
+            if trim and regions:
+                waveform = vad.speech_only(waveform, regions)
+                regions = ((0, int(waveform.shape[0])),)  # all of it is speech now
+            raw = await self.embed(
+                waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected, regions=regions
+            )
+            try:
+                return l2_normalize(raw)
+            except ValueError as exc:  # a degenerate input the model maps to the zero vector
+                raise InvalidAudio(
+                    "the model produced no usable embedding for this recording", file=recording.name
+                ) from exc
+
+        # A TaskGroup cancels the sibling inferences as soon as one fails (e.g. 429): no wasted work.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(r)) for r in found]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return found, [task.result() for task in tasks]

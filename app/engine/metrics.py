@@ -19,59 +19,75 @@ def render_metrics(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 
 class EngineMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """One batcher's metrics: the embedding graph's under ``voxgate_engine_*``, speech detection's under
+    ``voxgate_vad_*`` (``prefix``), both on the engine's registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "voxgate_engine") -> None:
         # A private registry by default: several engines (tests, benchmarks) never collide.
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.queue_wait = Histogram(
-            "voxgate_engine_queue_wait_seconds",
+            f"{prefix}_queue_wait_seconds",
             "Time a segment waited in the queue before its batch started.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "voxgate_engine_batch_size", "Segments per inference batch.", buckets=_BATCH_BUCKETS, registry=r
+            f"{prefix}_batch_size", "Segments per inference batch.", buckets=_BATCH_BUCKETS, registry=r
         )
         self.padding_fraction = Histogram(
-            "voxgate_engine_batch_padding_fraction",
+            f"{prefix}_batch_padding_fraction",
             "Share of each batch's audio tensor that is zero padding (incl. length bucketing).",
             buckets=_FRACTION_BUCKETS,
             registry=r,
         )
         self.padded_samples = Counter(
-            "voxgate_engine_padded_samples",
+            f"{prefix}_padded_samples",
             "Audio samples run through the graph, padding included.",
             registry=r,
         )
         self.real_samples = Counter(
-            "voxgate_engine_real_samples", "Audio samples of real input run through the graph.", registry=r
+            f"{prefix}_real_samples", "Audio samples of real input run through the graph.", registry=r
         )
         self.inference_time = Histogram(
-            "voxgate_engine_inference_seconds",
+            f"{prefix}_inference_seconds",
             "Wall time of one batch in the inference backend.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("voxgate_engine_queue_depth", "Segments waiting for inference.", registry=r)
+        # Gauges: one inference process per service, but a restarted one must replace the dead one's value.
+        self.queue_depth = Gauge(
+            f"{prefix}_queue_depth",
+            "Segments waiting for inference.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.rejected_overloaded = Counter(
-            "voxgate_engine_rejected_overloaded",
+            f"{prefix}_rejected_overloaded",
             "Requests refused at once because the queue was full.",
             registry=r,
         )
         self.requests = Counter(
-            "voxgate_engine_requests",
+            f"{prefix}_requests",
             "Embedding requests by outcome.",
             ["outcome"],  # ok, overloaded, deadline_exceeded, cancelled, failed, unavailable
             registry=r,
         )
         self.batch_failures = Counter(
-            "voxgate_engine_batch_failures", "Batches whose inference raised.", registry=r
+            f"{prefix}_batch_failures", "Batches whose inference raised.", registry=r
         )
         self.ready = Gauge(
-            "voxgate_engine_ready", "1 when the engine is warm and its worker alive.", registry=r
+            f"{prefix}_ready",
+            "1 when the engine is warm and its worker alive.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.provider = Gauge(
-            "voxgate_engine_provider_info", "Execution provider in use (value 1).", ["provider"], registry=r
+            f"{prefix}_provider_info",
+            "Execution provider in use (value 1).",
+            ["provider"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
     def render(self) -> tuple[bytes, str]:

@@ -6,14 +6,15 @@ segments here and average them here, so ``voxgate embed`` and the service give t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from app.audio.vad import Region, overlap_samples, speech_regions
 from app.engine.backend import EmbeddingBackend, run_padded
-from app.manifest import ModelManifest
-from app.vad import overlap_samples, speech_regions
+from app.engine.manifest import ModelManifest
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -82,11 +83,18 @@ def segment_bounds(n_samples: int, policy: SegmentPolicy) -> list[tuple[int, int
     return bounds
 
 
-def speech_weights(waveform: Float32Array, bounds: list[tuple[int, int]], sample_rate: int) -> list[float]:
-    """Seconds of speech (app.vad) inside each segment; equal weights when no segment has any."""
+def speech_weights(
+    waveform: Float32Array,
+    bounds: list[tuple[int, int]],
+    sample_rate: int,
+    regions: Sequence[Region] | None = None,
+) -> list[float]:
+    """Seconds of speech inside each segment; equal weights when no segment has any. ``regions``: where
+    the recording's speech is, when its intake already found it (else the VAD runs here)."""
     if len(bounds) == 1:
         return [1.0]
-    regions = speech_regions(waveform, sample_rate)
+    if regions is None:
+        regions = speech_regions(waveform, sample_rate)
     weights = [overlap_samples(regions, a, b) / sample_rate for a, b in bounds]
     if sum(weights) <= 0.0:
         # Nothing the VAD calls speech (the API refuses such audio; the CLI does not): plain average.
@@ -94,9 +102,11 @@ def speech_weights(waveform: Float32Array, bounds: list[tuple[int, int]], sample
     return weights
 
 
-def plan_segments(waveform: Float32Array, policy: SegmentPolicy) -> SegmentPlan:
+def plan_segments(
+    waveform: Float32Array, policy: SegmentPolicy, regions: Sequence[Region] | None = None
+) -> SegmentPlan:
     bounds = segment_bounds(int(waveform.shape[0]), policy)
-    weights = speech_weights(waveform, bounds, policy.sample_rate)
+    weights = speech_weights(waveform, bounds, policy.sample_rate, regions)
     return SegmentPlan(bounds=tuple(bounds), weights=tuple(weights))
 
 

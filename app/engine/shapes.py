@@ -14,8 +14,8 @@ service reports ready. Padding is cheap on a GPU (a batch of one leaves most of 
 
 Every batch the batcher can cut (at most ``max_batch_size`` segments and ``max_batch_samples`` of
 padded audio, or a single segment up to the longest) maps onto a planned shape (``ShapePlan.run_shape``),
-which ``tests/test_gpu_shapes.py`` checks exhaustively. CPU sessions do not use this: shape changes cost
-nothing there and each padded sample costs compute (``app.engine.backend``).
+which ``tests/engine/test_gpu_shapes.py`` checks exhaustively. CPU sessions do not use this: shape
+changes cost nothing there and each padded sample costs compute (``app.engine.backend``).
 """
 
 from __future__ import annotations

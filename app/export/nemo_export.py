@@ -20,9 +20,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from app.engine.manifest import ModelManifest
 from app.export.onnx_common import export_bundle
 from app.export.probe import torch_reference, write_probe
-from app.manifest import ModelManifest
 from app.modeling.nemo_archive import load_config
 from app.modeling.speaker_model import SpeakerModel, build_speaker_model, init_like_nemo, load_nemo_model
 

@@ -14,13 +14,13 @@ import onnx
 import torch
 
 from app import __version__
-from app.manifest import (
+from app.core.paths import sha256_file
+from app.engine.manifest import (
     AUDIO_INPUT,
     EMBEDDING_OUTPUT,
     GRAPH_FILE,
     LENGTHS_INPUT,
     ModelManifest,
-    sha256_file,
     write_manifest,
 )
 

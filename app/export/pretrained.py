@@ -26,9 +26,10 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from app import __version__
+from app.core.paths import sha256_file
+from app.core.settings import env_var
+from app.engine.manifest import ModelManifest
 from app.export.nemo_export import export_nemo_checkpoint
-from app.manifest import ModelManifest, sha256_file
-from app.settings import env_var
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The self-check probe every exported bundle carries (checked at start-up by ``app.selfcheck``).
+"""The self-check probe every exported bundle carries (checked at start-up by ``app.engine.selfcheck``).
 
 The probe audio is real speech shipped inside the package (``app/assets/probe/probe.flac``: two
 LibriSpeech utterances, CC BY 4.0, attribution in ``app/assets/probe/README.md``), so an exporter run
@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from app.export.conditions import TELEPHONE, derive
-from app.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo, sha256_file
-from app.selfcheck import read_probe_clips
+from app.audio.conditions import TELEPHONE, derive
+from app.core.paths import sha256_file
+from app.engine.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo
+from app.engine.selfcheck import read_probe_clips
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +101,7 @@ def add_condition_clips(
     """``probe`` (its audio in ``probe_dir``) with each clip as stored also in each of ``conditions``.
 
     A derived clip names its condition and the same samples; the self-check derives it from them with
-    ``app.export.conditions``, as this does. ``embed_clip`` computes its reference (the float32 graph,
+    ``app.audio.conditions``, as this does. ``embed_clip`` computes its reference (the float32 graph,
     described by ``reference``: it goes into each derived clip's ``source``).
     """
     stored = [clip for clip in probe.clips if clip.condition is None]

@@ -30,7 +30,7 @@
   fourth recording. The export embeds the held-out recordings with the float32 and the int8 graph and
   fails when a cosine similarity drops below ``min_cosine``.
 * **Every condition users send, in calibration and in the gate.** Calibration feeds every recording in
-  each condition of ``app.export.conditions`` (as recorded, telephone band, 20 dB quieter, clipped,
+  each condition of ``app.audio.conditions`` (as recorded, telephone band, 20 dB quieter, clipped,
   noise at 10 dB SNR), and the gate checks the held-out speakers in each, separately: an activation
   range only covers inputs like the ones it was measured on. The telephone band is the one that
   decides: bands above 4 kHz that hold nothing make NeMo's per-band normalisation put values of about
@@ -78,11 +78,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from app.audio import TARGET_SAMPLE_RATE, decode_audio
-from app.errors import VoxGateError
-from app.export.conditions import AS_RECORDED, CONDITION_NAMES, derive
-from app.export.probe import add_condition_clips, copy_probe
-from app.manifest import (
+from app.audio.conditions import AS_RECORDED, CONDITION_NAMES, derive
+from app.audio.decode import TARGET_SAMPLE_RATE, decode_audio
+from app.core.errors import VoxGateError
+from app.core.paths import sha256_file
+from app.engine.manifest import (
     AUDIO_INPUT,
     GRAPH_FILE,
     LENGTHS_INPUT,
@@ -90,9 +90,9 @@ from app.manifest import (
     QuantizationInfo,
     ValidationHost,
     load_manifest,
-    sha256_file,
     write_manifest,
 )
+from app.export.probe import add_condition_clips, copy_probe
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from app.core.paths import sha256_file
+from app.engine.manifest import ModelManifest
 from app.export.onnx_common import export_bundle
 from app.export.probe import EmbedClip, torch_reference, write_probe
-from app.manifest import ModelManifest, sha256_file
 from app.modeling.ge2e import EMBEDDING_DIM, GE2EEmbedder
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ DEFAULT_NAME = "resemblyzer-ge2e"
 ARCHITECTURE = "ge2e-lstm"
 # Equal-error-rate threshold of this graph on shared/data/speech/trials.txt (189 same-speaker, 189
 # different-speaker trials, 7 speakers): the midpoint of the cosine interval in which false accepts and
-# false rejects are closest, rounded to 2 decimals. tests/test_resemblyzer_model.py recomputes it.
+# false rejects are closest, rounded to 2 decimals. tests/modeling/test_resemblyzer_model.py recomputes it.
 DEFAULT_THRESHOLD = 0.75
 THRESHOLD_SOURCE = (
     "EER threshold of this graph on shared/data/speech/trials.txt (378 trials, 7 speakers, LibriSpeech "

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from app.manifest import sha256_file
+from app.core.paths import sha256_file
 
 CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from app.vectors import normalize_rows
+from app.core.vectors import normalize_rows
 
 _MIN_CAPACITY = 1024
 _ARGMAX_MAX_K = 16

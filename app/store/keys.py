@@ -6,42 +6,7 @@ the model key (``ModelManifest.model_key()``), so embeddings of different models
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-
-from app.errors import InvalidSpeakerId
-
-# No ':' (the key separator), no spaces or control characters; short enough for logs and keys.
-SPEAKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
-_SPEAKER_ID_RE = re.compile(SPEAKER_ID_PATTERN)
-# Tenant names: the same alphabet as ids but no '@'; they start with a letter or digit ('_' names are
-# the service's own, e.g. the audit stream of requests that named no valid key).
-TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_TENANT_RE = re.compile(TENANT_PATTERN)
-UNAUTHENTICATED_TENANT = "_unauthenticated"
-
-
-def validate_tenant(tenant: str) -> str:
-    if not _TENANT_RE.fullmatch(tenant):
-        raise ValueError(
-            "a tenant name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )
-    return tenant
-
-
-def invalid_speaker_id() -> InvalidSpeakerId:
-    """The one error for a malformed speaker id, wherever it was given (form, path, query)."""
-    return InvalidSpeakerId(
-        "speaker_id must be 1-128 characters of letters, digits, '_', '.', '@' or '-', "
-        "starting with a letter or digit",
-        pattern=SPEAKER_ID_PATTERN,
-    )
-
-
-def validate_speaker_id(speaker_id: str) -> str:
-    if not _SPEAKER_ID_RE.fullmatch(speaker_id):
-        raise invalid_speaker_id()
-    return speaker_id
 
 
 @dataclass(frozen=True)
@@ -103,14 +68,43 @@ class KeySchema:
 
     @property
     def audit(self) -> str:
-        """Stream: the tenant's audit trail of enrollments and deletions (capped)."""
+        """Stream: the tenant's audit trail of changes and administrative acts (enrollments, deletions,
+        expiries, keys, lockouts, policy, erasure), capped."""
         return f"{self.tenant_prefix}:audit"
 
     @property
+    def audit_decisions(self) -> str:
+        """Stream: the tenant's verify and identify decisions, capped apart from the trail so that
+        thousands of decisions a second cannot push the changes and administrative acts out of it."""
+        return f"{self.tenant_prefix}:audit:decisions"
+
+    @property
     def audit_refusals(self) -> str:
-        """Stream: the rate-limit refusals of the tenant's keys, capped apart from the trail so that a
-        flood of refused requests cannot push enrollments and deletions out of it."""
+        """Stream: the refusals any caller can cause at the rate it sends (rate limit, scope, a locked
+        speaker), capped apart from the trail so that they cannot push anything else out of it."""
         return f"{self.tenant_prefix}:audit:refused"
+
+    @property
+    def audit_streams(self) -> tuple[str, str, str]:
+        return self.audit, self.audit_decisions, self.audit_refusals
+
+    @property
+    def policy(self) -> str:
+        """Hash: the tenant's decision policy set by the operator (``threshold``, ``threshold_floor``)."""
+        return f"{self.tenant_prefix}:policy"
+
+    def failures(self, speaker_id: str) -> str:
+        """Sorted set: the speaker's failed verifications within the lockout window (scored by time)."""
+        return f"{self.tenant_prefix}:lockout:failures:{speaker_id}"
+
+    def attempts(self, speaker_id: str) -> str:
+        """Sorted set: the speaker's verifications under way (scored by when they began)."""
+        return f"{self.tenant_prefix}:lockout:attempts:{speaker_id}"
+
+    @property
+    def locked(self) -> str:
+        """Sorted set: the tenant's locked speakers, scored by when their lock ends (Redis's clock)."""
+        return f"{self.tenant_prefix}:lockout:locked"
 
     @property
     def tenants(self) -> str:
@@ -120,6 +114,33 @@ class KeySchema:
 
 def tenants_key(namespace: str) -> str:
     return f"{namespace}:tenants"
+
+
+def tenant_keys_pattern(namespace: str, tenant: str) -> str:
+    """SCAN pattern of every key of one tenant (voiceprints, data keys, audit streams)."""
+    return f"{KeySchema(namespace, tenant, '-').tenant_prefix}:*"
+
+
+def voiceprint_keys_pattern(namespace: str) -> str:
+    """SCAN pattern of every voiceprint hash, all tenants and models."""
+    return f"{namespace}:*:spk:*"
+
+
+def parse_voiceprint_key(namespace: str, key: str) -> tuple[str, str, str]:
+    """(tenant, model key, speaker id) of a key that ``voiceprint_keys_pattern`` found."""
+    tenant, rest = key[len(namespace) + 1 :].split(":", 1)
+    model_key, speaker_id = rest.rsplit(":spk:", 1)
+    return tenant, model_key, speaker_id
+
+
+def data_keys_pattern(namespace: str) -> str:
+    """SCAN pattern of every tenant's data-key hash."""
+    return f"{namespace}:*:datakeys"
+
+
+def tenant_of_data_keys(namespace: str, key: str) -> str:
+    """The tenant of a key that ``data_keys_pattern`` found."""
+    return key[len(namespace) + 1 : -len(":datakeys")]
 
 
 def api_key_key(namespace: str, key_id: str) -> str:

@@ -6,10 +6,14 @@ cosine scoring needs — is the direction of the sum. Key layout: ``app.store.ke
 docs/redis-schema.md.
 
 With a key-encryption key configured (``app.store.vault``), the sum and the metadata are sealed
-(``app.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
+(``app.core.crypto``) under the tenant's data key and bound to their Redis key: Lua cannot add sealed sums,
 so an enrollment then reads, adds and writes back under a revision check (optimistic concurrency,
 retried). Retention: every enrollment and every successful verification moves a speaker's expiry
 (``expires_at``; the ``expiry`` sorted set lets ``sweep_expired`` find the ones whose time has come).
+
+Duplicate recordings: each enrollment stores a 128-bit digest of every recording's decoded audio in the
+voiceprint (``clips``), and the enrollment script compares the new ones with them atomically, so the same
+recording is not counted twice, whichever replica it is sent to (refused, or added with a warning).
 
 All calls go through ``redis.asyncio`` (never blocking the event loop). Connection problems are
 raised as ``StoreUnavailable`` (503); the client reconnects by itself on the next call, so the
@@ -24,22 +28,19 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
-import redis.exceptions as redis_exc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from app.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
-from app.errors import StoreUnavailable
+from app.core.crypto import CryptoError, DataKeys, KeyEncryptionKey, sealed_version, value_aad
+from app.core.errors import StoreUnavailable
+from app.core.vectors import l2_normalize
+from app.store.connection import Batch, redis_client, redis_errors, reply, reply_text
 from app.store.keys import KeySchema
 from app.store.vault import Vault
-from app.vectors import l2_normalize
 
 # Changes kept in the stream for replicas to replay; a replica further behind reloads everything.
 DEFAULT_CHANGES_MAXLEN = 100_000
@@ -50,14 +51,16 @@ _SCAN_BATCH = 2000
 # KEYS: speaker hash, speakers, version, changes, models, expiry, tenants, epoch.
 # ARGV (from 3 on, shared): count, speech, metadata, now, speaker id, changes maxlen, model key,
 # expires_at ('' = never), tenant, a new epoch id (kept only if the history has none), afresh ('1': the
-# stored voiceprint does not open, so it is replaced, not added to); ARGV[1], ARGV[2] belong to the
-# variant.
+# stored voiceprint does not open, so it is replaced, not added to), the recordings' digests (16 bytes
+# each), refuse duplicates ('1'); ARGV[1], ARGV[2] belong to the variant. `clips` and `duplicates` are set
+# by _DUPLICATES.
 _ENROLL_BOOKKEEPING = """
 local count = redis.call('HINCRBY', KEYS[1], 'count', tonumber(ARGV[3]))
 local speech = redis.call('HINCRBYFLOAT', KEYS[1], 'speech_seconds', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'metadata', ARGV[5]) end
+redis.call('HSET', KEYS[1], 'clips', clips .. ARGV[14])
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'expires_at', ARGV[10])
   redis.call('ZADD', KEYS[6], tonumber(ARGV[10]), ARGV[7])
@@ -71,7 +74,29 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'v', v, 'op', 'upsert',
 redis.call('SADD', KEYS[5], ARGV[9])
 redis.call('SADD', KEYS[7], ARGV[11])
 redis.call('SET', KEYS[8], ARGV[12], 'NX')
-return {v, count, speech, created}
+return {v, count, speech, created, duplicates}
+"""
+
+# Which of the new recordings (digests in ARGV[14]) the voiceprint already holds, or another new one
+# before it: `duplicates` is one '0'/'1' per recording. Refused ({-2, duplicates}) when ARGV[15] is '1'.
+_DUPLICATES = """
+local clips = redis.call('HGET', KEYS[1], 'clips') or ''
+local seen = {}
+for j = 0, #clips / 16 - 1 do seen[string.sub(clips, 16 * j + 1, 16 * j + 16)] = true end
+local flags = {}
+local any = false
+for i = 0, #ARGV[14] / 16 - 1 do
+  local digest = string.sub(ARGV[14], 16 * i + 1, 16 * i + 16)
+  if seen[digest] then
+    flags[i + 1] = '1'
+    any = true
+  else
+    flags[i + 1] = '0'
+  end
+  seen[digest] = true
+end
+local duplicates = table.concat(flags)
+if any and ARGV[15] == '1' then return {-2, duplicates} end
 """
 
 # A voiceprint that expired (not yet swept) or does not open is gone for reads: an enrollment starts it
@@ -91,6 +116,7 @@ end
 # so concurrent enrollments into one speaker never lose an update. ARGV[1] = sum, ARGV[2] = dim.
 _ENROLL_ADD_LUA = (
     _ENROLL_AFRESH
+    + _DUPLICATES
     + """
 local dim = tonumber(ARGV[2])
 local add = ARGV[1]
@@ -114,7 +140,8 @@ end
 redis.call('HSET', KEYS[1], 'sum', new)
 """
     + _ENROLL_BOOKKEEPING.replace(
-        "return {v, count, speech, created}", "return {v, count, speech, created, new}"
+        "return {v, count, speech, created, duplicates}",
+        "return {v, count, speech, created, duplicates, new}",
     )
 )
 
@@ -130,7 +157,9 @@ if rev ~= ARGV[2] then return {-1} end
     + """
 -- the caller added to a sum it read before it expired: read again
 if expired and ARGV[13] ~= '1' then return {-1} end
-local created = 0
+"""
+    + _DUPLICATES
+    + """local created = 0
 if redis.call('HEXISTS', KEYS[1], 'sum') == 0 then
   created = 1
   redis.call('HSET', KEYS[1], 'created_at', ARGV[6])
@@ -197,6 +226,37 @@ class EnrollResult:
     speech_seconds: float
     sum: npt.NDArray[np.float32]
     created: bool
+    duplicates: tuple[int, ...] = ()  # indexes of the recordings already held (or twice in the request)
+
+
+class DuplicateRecordings(Exception):
+    """Refused: these recordings (indexes) are in the voiceprint already, or twice in the request."""
+
+    def __init__(self, indexes: tuple[int, ...]) -> None:
+        super().__init__(f"duplicate recordings {indexes}")
+        self.indexes = indexes
+
+
+def _duplicates(flags: object) -> tuple[int, ...]:
+    return tuple(i for i, flag in enumerate(reply_text(flags)) if flag == "1")
+
+
+# Bytes of a recording's digest kept in the voiceprint (the first 128 bits of SHA-256).
+CLIP_DIGEST_BYTES = 16
+
+
+@dataclass(frozen=True)
+class HeldRecord:
+    """What is held about a speaker under one model, without the voiceprint itself (an export)."""
+
+    model: str
+    utterances: int
+    speech_seconds: float
+    recordings_fingerprinted: int  # recordings whose digest is kept (duplicate detection)
+    metadata: dict[str, Any] | None  # None: sealed under data keys that are gone (crypto-erased)
+    created_at: float
+    updated_at: float
+    expires_at: float | None
 
 
 @dataclass(frozen=True)
@@ -215,38 +275,6 @@ class SyncPoint:
     version: int
     stream_id: str | None
     epoch: str | None = None
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"unexpected Redis reply {type(value).__name__}")
-
-
-def redis_client(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
-    """The service's Redis client. Short timeouts: a dead Redis must turn into a quick 503, not a hung
-    request. A command that meets a connection Redis closed (it restarted) is retried once on a fresh
-    connection, so the first request after Redis is back succeeds; a timeout is not retried."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=10,
-        decode_responses=False,
-        retry=Retry(NoBackoff(), retries=1),
-        retry_on_error=[redis_exc.ConnectionError],
-    )
-
-
-@asynccontextmanager
-async def redis_errors() -> AsyncIterator[None]:
-    """Map driver connection failures to ``StoreUnavailable`` (the one place that does it)."""
-    try:
-        yield
-    except (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
 
 
 class RedisVoiceprintStore:
@@ -342,11 +370,10 @@ class RedisVoiceprintStore:
 
     # --- speakers ---
     async def get(self, speaker_id: str) -> Voiceprint | None:
-        async with redis_errors():
-            raw: Any = await self.client.hgetall(self.keys.speaker(speaker_id))
-        if not raw:
-            return None
-        return self._parse(speaker_id, raw, await self._data_keys(), time.time())
+        batch = Batch(self.client)
+        self.queue_get(batch, speaker_id)
+        (answer,) = await batch.run()
+        return await self.voiceprint(speaker_id, answer)
 
     async def add_utterances(
         self,
@@ -355,12 +382,20 @@ class RedisVoiceprintStore:
         count: int,
         speech_seconds: float,
         metadata: dict[str, Any] | None,
+        digests: list[bytes] | None = None,
+        *,
+        refuse_duplicates: bool = False,
     ) -> EnrollResult:
-        """Atomically add ``count`` normalised embeddings (given as their sum) to the voiceprint."""
+        """Atomically add ``count`` normalised embeddings (given as their sum) to the voiceprint.
+        ``digests``: one per recording (``CLIP_DIGEST_BYTES``); those the voiceprint already holds are in
+        the result's ``duplicates``, or refuse the whole enrollment (``DuplicateRecordings``)."""
+        digests = digests or []
         vec = np.asarray(embedding_sum, dtype="<f4")
         if vec.shape != (self.dim,):
             raise ValueError(f"embedding sum has shape {vec.shape}, want ({self.dim},)")
         data_keys = await self._data_keys(create=True)
+        if any(len(d) != CLIP_DIGEST_BYTES for d in digests):
+            raise ValueError(f"a recording's digest is {CLIP_DIGEST_BYTES} bytes")
         meta = json.dumps(metadata, separators=(",", ":")).encode() if metadata is not None else b""
         if data_keys is not None and meta:
             meta = data_keys.seal(meta, self._aad(speaker_id, "metadata"))
@@ -388,14 +423,22 @@ class RedisVoiceprintStore:
             k.tenant,
             uuid.uuid4().hex,
         ]
+        checks = [b"".join(digests), "1" if refuse_duplicates else ""]
         if data_keys is None:
-            shared.append("")
             async with redis_errors():
-                version, total, speech, created, new_sum = await self._enroll_add(
-                    keys=keys, args=[vec.tobytes(), self.dim, *shared]
+                answer = await self._enroll_add(
+                    keys=keys, args=[vec.tobytes(), self.dim, *shared, "", *checks]
                 )
+            if int(answer[0]) == -2:
+                raise DuplicateRecordings(_duplicates(answer[1]))
+            version, total, speech, created, flags, new_sum = answer
             return EnrollResult(
-                int(version), int(total), float(speech), self._parse_sum(new_sum), bool(int(created))
+                int(version),
+                int(total),
+                float(speech),
+                self._parse_sum(new_sum),
+                bool(int(created)),
+                _duplicates(flags),
             )
         for _ in range(MAX_ENROLL_ATTEMPTS):
             async with redis_errors():
@@ -407,29 +450,83 @@ class RedisVoiceprintStore:
             sealed = data_keys.seal(total_sum.tobytes(), self._aad(speaker_id, "sum"))
             afresh = "1" if stored is not None and old is None else ""
             async with redis_errors():
-                reply = await self._enroll_set(
-                    keys=keys, args=[sealed, _text(rev) if rev else "0", *shared, afresh]
+                answer = await self._enroll_set(
+                    keys=keys, args=[sealed, reply_text(rev) if rev else "0", *shared, afresh, *checks]
                 )
-            if int(reply[0]) >= 0:
-                version, total, speech, created = reply
-                return EnrollResult(int(version), int(total), float(speech), total_sum, bool(int(created)))
+            if int(answer[0]) == -2:
+                raise DuplicateRecordings(_duplicates(answer[1]))
+            if int(answer[0]) >= 0:
+                version, total, speech, created, flags = answer
+                return EnrollResult(
+                    int(version), int(total), float(speech), total_sum, bool(int(created)), _duplicates(flags)
+                )
             await asyncio.sleep(random.uniform(0.0, 0.005))  # another enrollment won: read again
         raise StoreUnavailable(f"speaker {speaker_id!r} is being enrolled into too often at once; retry")
 
     async def touch(self, speaker_id: str) -> None:
         """A successful verification: the voiceprint's retention starts again."""
+        batch = Batch(self.client)
+        self.queue_touch(batch, speaker_id)
+        for answer in await batch.run():
+            reply(answer)
+
+    def queue_touch(self, batch: Batch, speaker_id: str) -> None:
+        """``touch`` within ``batch`` (nothing without retention)."""
         if self.retention_s is None:
             return
         k = self.keys
+        batch.script(
+            self._touch, [k.speaker(speaker_id), k.expiry], [self._expires_at(time.time()), speaker_id]
+        )
+
+    def queue_get(self, batch: Batch, speaker_id: str) -> int:
+        """``get`` within ``batch``: pass its reply to ``voiceprint``."""
+        key = self.keys.speaker(speaker_id)
+        return batch.queue(lambda pipe: pipe.hgetall(key))
+
+    async def voiceprint(self, speaker_id: str, answer: Any) -> Voiceprint | None:
+        raw = reply(answer)
+        if not raw:
+            return None
+        return self._parse(speaker_id, raw, await self._data_keys(), time.time())
+
+    async def held_records(self, speaker_id: str) -> list[HeldRecord]:
+        """Everything stored about the speaker under every model of the tenant except the voiceprint
+        itself (its sum and the recordings' digests): for a data-subject request. Expired voiceprints not
+        swept yet are held, so they are listed (with their past ``expires_at``)."""
         async with redis_errors():
-            await self._touch(
-                keys=[k.speaker(speaker_id), k.expiry], args=[self._expires_at(time.time()), speaker_id]
+            model_keys = sorted({reply_text(m) for m in await self.client.smembers(self.keys.models)})
+            pipe = self.client.pipeline(transaction=False)
+            for model_key in model_keys:
+                pipe.hgetall(self.keys.speaker_of_model(model_key, speaker_id))
+            raws: list[Any] = await pipe.execute()
+        data_keys = await self._data_keys()
+        records = []
+        for model_key, raw in zip(model_keys, raws, strict=True):
+            if not raw or b"sum" not in raw:
+                continue
+            view = self.for_keys(KeySchema(self.keys.namespace, self.keys.tenant, model_key))
+            meta_raw = raw.get(b"metadata")
+            opened = view._open(data_keys, speaker_id, "metadata", meta_raw) if meta_raw else b"{}"
+            expires = raw.get(b"expires_at")
+            records.append(
+                HeldRecord(
+                    model=model_key,
+                    utterances=int(raw.get(b"count", b"0")),
+                    speech_seconds=round(float(raw.get(b"speech_seconds", b"0")), 3),
+                    recordings_fingerprinted=len(raw.get(b"clips", b"")) // CLIP_DIGEST_BYTES,
+                    metadata=json.loads(opened) if opened is not None else None,
+                    created_at=float(raw.get(b"created_at", b"0")),
+                    updated_at=float(raw.get(b"updated_at", b"0")),
+                    expires_at=float(expires) if expires else None,
+                )
             )
+        return records
 
     async def delete_everywhere(self, speaker_id: str) -> list[str]:
         """Delete the speaker under every model of the tenant; returns the model keys it was under."""
         async with redis_errors():
-            model_keys = {_text(m) for m in await self.client.smembers(self.keys.models)}
+            model_keys = {reply_text(m) for m in await self.client.smembers(self.keys.models)}
             model_keys.add(self.keys.model_key)
             deleted: list[str] = []
             for model_key in sorted(model_keys):
@@ -450,7 +547,7 @@ class RedisVoiceprintStore:
         now = time.time() if now is None else now
         async with redis_errors():
             due = [
-                _text(r)
+                reply_text(r)
                 for r in await self.client.zrangebyscore(self.keys.expiry, "-inf", now, start=0, num=limit)
             ]
             return [sid for sid in due if await self._delete_one(self.keys, sid, expired_before=now)]
@@ -458,7 +555,7 @@ class RedisVoiceprintStore:
     async def other_models_with(self, speaker_id: str) -> list[str]:
         """Model keys (other than ours) under which this speaker id is enrolled."""
         async with redis_errors():
-            model_keys = sorted(_text(m) for m in await self.client.smembers(self.keys.models))
+            model_keys = sorted(reply_text(m) for m in await self.client.smembers(self.keys.models))
             found = []
             for model_key in model_keys:
                 if model_key == self.keys.model_key:
@@ -470,7 +567,7 @@ class RedisVoiceprintStore:
     async def model_keys(self) -> list[str]:
         """Every model key with stored speakers in this tenant."""
         async with redis_errors():
-            return sorted(_text(m) for m in await self.client.smembers(self.keys.models))
+            return sorted(reply_text(m) for m in await self.client.smembers(self.keys.models))
 
     async def count(self) -> int:
         """Speakers under this model, without those that expired and are not swept yet."""
@@ -496,7 +593,7 @@ class RedisVoiceprintStore:
         lo = f"({after}" if after else "-"
         async with redis_errors():
             raw: Any = await self.client.zrange(self.keys.speakers, lo, "+", bylex=True, offset=0, num=limit)
-        return [_text(r) for r in raw]
+        return [reply_text(r) for r in raw]
 
     async def get_many(self, speaker_ids: list[str]) -> list[Voiceprint]:
         if not speaker_ids:
@@ -544,7 +641,9 @@ class RedisVoiceprintStore:
             pipe.get(self.keys.epoch)
             raw_version, last, epoch = await pipe.execute()
         stream_id = last[0][0].decode() if last else None
-        return SyncPoint(int(raw_version) if raw_version else 0, stream_id, _text(epoch) if epoch else None)
+        return SyncPoint(
+            int(raw_version) if raw_version else 0, stream_id, reply_text(epoch) if epoch else None
+        )
 
     async def changes_after(self, stream_id: str | None, limit: int = 10_000) -> list[Change]:
         lo = f"({stream_id}" if stream_id else "-"
@@ -552,13 +651,13 @@ class RedisVoiceprintStore:
             entries: Any = await self.client.xrange(self.keys.changes, lo, "+", count=limit)
         changes = []
         for entry_id, fields in entries:
-            op = _text(fields[b"op"])
+            op = reply_text(fields[b"op"])
             changes.append(
                 Change(
                     version=int(fields[b"v"]),
                     op="delete" if op == "delete" else "upsert",
-                    speaker_id=_text(fields[b"id"]),
-                    stream_id=_text(entry_id),
+                    speaker_id=reply_text(fields[b"id"]),
+                    stream_id=reply_text(entry_id),
                 )
             )
         return changes

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import StoreUnavailable
+from app.core.errors import StoreUnavailable
 from app.store.index import VoiceprintIndex
 from app.store.redis_store import Change, RedisVoiceprintStore
 
@@ -97,9 +97,11 @@ class IndexSyncer:
         remote = point.version
         # Same version *and* same last stream entry: nothing changed. (A restarted, emptied Redis can
         # reach our version number again, but never with the same stream entry id.)
-        if point.epoch != self.epoch:
+        if point.epoch != self.epoch or (point.epoch is None and len(self.index)):
             # Another history: Redis lost its data (restart without persistence, flush) and writes began
             # anew; its versions say nothing about what this index holds (rows written through, say).
+            # No history at all while this index holds rows: those were written through into a history
+            # Redis lost before this replica had polled it (the index loaded empty, epoch None).
             await self.full_reload()
             return
         if remote == self.version and point.stream_id == self.stream_id:

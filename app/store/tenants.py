@@ -13,7 +13,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import StoreUnavailable
+from app.core.errors import StoreUnavailable
 from app.store.index import VoiceprintIndex
 from app.store.redis_store import RedisVoiceprintStore
 from app.store.sync import IndexSyncer

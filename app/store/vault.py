@@ -1,6 +1,6 @@
 """Where the data keys live: each tenant's wrapped data keys in Redis, opened with this replica's KEK.
 
-See ``app.crypto`` for the scheme. The vault is shared by every tenant view of the store; it caches
+See ``app.core.crypto`` for the scheme. The vault is shared by every tenant view of the store; it caches
 opened data keys briefly, so a crypto-erased tenant (its data keys deleted) stops decrypting on every
 replica within ``DATA_KEY_CACHE_S``. A data key that a KEK rotation re-wrapped under another KEK is the
 same key: a replica that opened it before keeps using it until it restarts with the new KEK.
@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.crypto import (
+from app.core.crypto import (
     CryptoError,
     DataKeys,
     KeyEncryptionKey,
@@ -23,7 +23,8 @@ from app.crypto import (
     data_key_aad,
     new_data_key,
 )
-from app.errors import StoreUnavailable
+from app.core.errors import StoreUnavailable
+from app.store.connection import reply_text
 from app.store.keys import KeySchema, crypto_check_key
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ DATA_KEY_CACHE_S = 5.0
 
 class VaultError(CryptoError):
     """This replica's key does not match the store (start-up refuses to serve)."""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Vault:
@@ -63,7 +60,7 @@ class Vault:
             await self.client.hsetnx(key, "check", self.kek.check_value(aad))
             await self.client.hsetnx(key, "fingerprint", self.kek.fingerprint)
             raw = await self.client.hgetall(key)
-        theirs = _text(raw.get(b"fingerprint", b"?"))
+        theirs = reply_text(raw.get(b"fingerprint", b"?"))
         if self.kek is None:
             raise VaultError(
                 f"voiceprints in Redis namespace {self.namespace!r} are encrypted (key fingerprint "

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import AdmittedRequest, CallerDep, EnrollFormData, RequestId, RequestWaiting, State
+from app.api.deps import AdmittedRequest, EnrollCaller, EnrollFormData, RequestId, RequestWaiting, State
 from app.api.forms import Forms, openapi_body
 from app.api.routes.openapi import problems
 from app.api.schemas import EnrollResponse
@@ -19,11 +19,11 @@ def build_router(forms: Forms) -> APIRouter:
         "/enroll",
         response_model=EnrollResponse,
         openapi_extra=openapi_body(forms.enroll),
-        responses=problems(400, 401, 409, 413, 415, 422, 429, 503, 504),
+        responses=problems(400, 401, 403, 409, 413, 415, 422, 429, 503, 504),
     )
     async def enroll(
         state: State,
-        caller: CallerDep,
+        caller: EnrollCaller,
         request_id: RequestId,
         form: EnrollFormData,
         admitted: AdmittedRequest,
@@ -32,13 +32,19 @@ def build_router(forms: Forms) -> APIRouter:
         """Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
         once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
         accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
-        added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse)."""
+        added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse). A
+        recording already in the voiceprint (the same decoded audio) is refused with 409 `duplicate_audio`,
+        or added with a warning (VOXGATE_DUPLICATE_ENROLLMENT=warn)."""
         async with state.gate.audit.audited(
             caller.tenant, caller.key_id, "enroll", form.speaker_id, request_id
-        ):
+        ) as note:
             recordings = await state.intake.decode(form.audio, admitted, waiting)
             result = await state.speakers.enroll(
                 caller.tenant, form.speaker_id, recordings, form.metadata, waiting
+            )
+            note.detail = (
+                f"{result.added_utterances} recordings added; the voiceprint holds {result.utterances} "
+                f"({result.speech_seconds:g} s of speech)"
             )
         return EnrollResponse.model_validate({**asdict(result), "model": state.model_key})
 

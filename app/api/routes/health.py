@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import State
-from app.api.schemas import Health, Readiness, ReadyChecks, SelfCheckReport
+from app.api.schemas import Health, Precision, Readiness, ReadyChecks, SelfCheckReport
 
 router = APIRouter(tags=["operations"])
 
@@ -33,19 +33,23 @@ async def readyz(state: State) -> Response:
         checks=checks,
         provider=state.engine.provider,
         model=state.model_key,
-        precision=state.manifest.precision,
+        precision=Precision(state.manifest.precision),
         speakers_indexed=state.tenants.indexed_speakers(),
         selfcheck=SelfCheckReport.of(state.engine.selfcheck),
         detail=None if ready else f"not ready: {', '.join(failing)}",
     )
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(state: State) -> Response:
     """HTTP request counts/latencies and the engine's queue, batch and inference metrics."""
-    body = generate_latest(state.registry)
-    engine_registry = state.engine.metrics.registry
-    if engine_registry is not state.registry:  # an engine shared by several apps keeps its own
+    body = generate_latest(state.exposition)
+    engine_registry = state.engine.metrics_registry
+    if engine_registry is not None and engine_registry is not state.registry:  # an engine of its own
         body += generate_latest(engine_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

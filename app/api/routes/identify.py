@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import AdmittedRequest, CallerDep, IdentifyFormData, RequestWaiting, State
+from app.api.deps import AdmittedRequest, IdentifyCaller, IdentifyFormData, RequestId, RequestWaiting, State
 from app.api.forms import Forms, openapi_body
 from app.api.routes.openapi import problems
 from app.api.schemas import IdentifyResponse
@@ -19,26 +19,22 @@ def build_router(forms: Forms) -> APIRouter:
         "/identify",
         response_model=IdentifyResponse,
         openapi_extra=openapi_body(forms.identify),
-        responses=problems(400, 401, 413, 415, 422, 429, 503, 504),
+        responses=problems(400, 401, 403, 413, 415, 422, 429, 503, 504),
     )
     async def identify(
         state: State,
-        caller: CallerDep,
+        caller: IdentifyCaller,
+        request_id: RequestId,
         form: IdentifyFormData,
         admitted: AdmittedRequest,
         waiting: RequestWaiting,
     ) -> IdentifyResponse:
         """Exact cosine search over every speaker enrolled under this model (or only `candidates`).
-        `speaker_id` is the best candidate when its score reaches the threshold, else null."""
-        (probe,) = await state.intake.decode([form.audio], admitted, waiting)
-        result = await state.speakers.identify(
-            caller.tenant,
-            probe,
-            top_k=form.top_k,
-            candidates=form.candidates,
-            threshold=form.threshold,
-            waiting=waiting,
-        )
+        `speaker_id` is the best candidate when its score reaches the threshold, else null. The threshold
+        follows the same policy as /verify (`threshold_source`); locked speakers are not searched."""
+        async with state.speakers.identification(caller, form.threshold, request_id) as search:
+            (probe,) = await state.intake.decode([form.audio], admitted, waiting)
+            result = await search.search(probe, top_k=form.top_k, candidates=form.candidates, waiting=waiting)
         return IdentifyResponse.model_validate({**asdict(result), "model": state.model_key})
 
     return router

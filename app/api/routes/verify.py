@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import AdmittedRequest, CallerDep, RequestWaiting, State, VerifyFormData
+from app.api.deps import AdmittedRequest, RequestId, RequestWaiting, State, VerifyCaller, VerifyFormData
 from app.api.forms import Forms, openapi_body
 from app.api.routes.openapi import problems
 from app.api.schemas import VerifyResponse
@@ -19,26 +19,30 @@ def build_router(forms: Forms) -> APIRouter:
         "/verify",
         response_model=VerifyResponse,
         openapi_extra=openapi_body(forms.verify),
-        responses=problems(400, 401, 404, 413, 415, 422, 429, 503, 504),
+        responses=problems(400, 401, 403, 404, 413, 415, 422, 423, 429, 503, 504),
     )
     async def verify(
         state: State,
-        caller: CallerDep,
+        caller: VerifyCaller,
+        request_id: RequestId,
         form: VerifyFormData,
         admitted: AdmittedRequest,
         waiting: RequestWaiting,
     ) -> VerifyResponse:
         """Give either `speaker_id` (an enrolled speaker) or a second file `reference`. `score` is the
-        cosine similarity; `match` = score >= threshold (the model's default unless given)."""
-        if form.speaker_id is not None:
-            (probe,) = await state.intake.decode([form.audio], admitted, waiting)
-            result = await state.speakers.verify_speaker(
-                caller.tenant, form.speaker_id, probe, form.threshold, waiting
-            )
-        else:
-            assert form.reference is not None  # the form allows exactly one of the two
-            probe, reference = await state.intake.decode([form.audio, form.reference], admitted, waiting)
-            result = await state.speakers.verify_pair(probe, reference, form.threshold, waiting)
+        cosine similarity; `match` = score >= threshold. The threshold is the operator's (the model's,
+        the tenant's or the API key's: `threshold_source`) unless the request gives a stricter one; one
+        below the floor is 403 `threshold_below_floor` unless the key holds `threshold-override`. After
+        repeated failed verifications of a speaker, verifying it is 423 `speaker_locked` for a while."""
+        async with state.speakers.verification(
+            caller, form.speaker_id, form.threshold, request_id
+        ) as attempt:
+            if form.reference is None:
+                (probe,) = await state.intake.decode([form.audio], admitted, waiting)
+                result = await attempt.decide(probe, waiting)
+            else:
+                probe, reference = await state.intake.decode([form.audio, form.reference], admitted, waiting)
+                result = await attempt.decide(probe, waiting, reference)
         return VerifyResponse.model_validate({**asdict(result), "model": state.model_key})
 
     return router
