@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.data import DEFAULT_MODEL_DIR, REPO_ROOT
+from tests.support.data import DEFAULT_MODEL_DIR, INT8_EXPORT_SPEAKERS, REPO_ROOT, speaker_folders
 
 
 def _run(*args: str) -> str:
@@ -35,9 +35,11 @@ def test_bench_search_runs_and_reports_each_method() -> None:
 
 
 def test_bench_engine_quantises_and_runs_an_int8_graph(tmp_path: Path) -> None:
+    calibration = speaker_folders(INT8_EXPORT_SPEAKERS, tmp_path / "calibration", per_speaker=2)
     out = _run(
         "-m", "bench.bench_engine", "--models", "titanet-small", "--precisions", "int8", "--no-torch",
         "--durations", "2", "--concurrency", "2", "--requests", "4", "--cache", str(tmp_path),
+        "--calibration-audio", str(calibration),
     )  # fmt: skip
     rows = [line for line in out.splitlines() if line.startswith("| titanet-small int8 |")]
     assert any("engine" in row for row in rows), out
