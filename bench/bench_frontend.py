@@ -42,6 +42,7 @@ import soundfile as sf
 from bench.bench_load import Conn as _Conn
 from bench.bench_load import (
     Redis,
+    Request,
     Server,
     closed_loop,
     cpu_seconds,
@@ -161,20 +162,28 @@ def measure(
     server = Server([sys.executable, "-m", "app.cli", "serve"], cwd, env, work, None)
     server.start()
     try:
+        # One speaker per client (the same voice under each name): the lockout lets only so many
+        # verifications of one speaker be under way at once.
         enroll = [(name, (EXAMPLES / name).read_bytes()) for name in ENROLL]
-        status = asyncio.run(post(server.port, "/enroll", [("speaker_id", "spk")], enroll))
-        if status != "200":
-            raise SystemExit(f"bench_frontend: enroll answered {status}:\n{server.log_tail()}")
-        probe = [("probe.flac", probe_flac())]
-        verify = multipart_request(
-            "/verify", [("speaker_id", "spk")], [("audio", "probe.flac", "audio/flac", probe[0][1])]
-        )
+        for n in range(args.clients):
+            status = asyncio.run(post(server.port, "/enroll", [("speaker_id", f"spk{n}")], enroll))
+            if status != "200":
+                raise SystemExit(f"bench_frontend: enroll answered {status}:\n{server.log_tail()}")
+        probe = probe_flac()
+        verify = [
+            multipart_request(
+                "/verify", [("speaker_id", f"spk{n}")], [("audio", "probe.flac", "audio/flac", probe)]
+            )
+            for n in range(args.clients)
+        ]
+
+        def request(i: int) -> Request:
+            return verify[i % len(verify)]
+
         # Warm-up: the first requests of each process pay one-time costs.
-        asyncio.run(closed_loop(server.port, lambda i: verify, args.clients, 2.0, 30.0))
+        asyncio.run(closed_loop(server.port, request, args.clients, 2.0, 30.0))
         before = cpu_by_role(server.pid)
-        outcomes, elapsed = asyncio.run(
-            closed_loop(server.port, lambda i: verify, args.clients, args.seconds, 30.0)
-        )
+        outcomes, elapsed = asyncio.run(closed_loop(server.port, request, args.clients, args.seconds, 30.0))
         after = cpu_by_role(server.pid)
         processes = len([p for p in process_tree(server.pid) if role(p) != "gone"])
     finally:

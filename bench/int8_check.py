@@ -8,12 +8,15 @@ with VNNI can still run the other kernels: QEMU's user-mode emulator (Debian ``q
 Emulation is slow (TitaNet-L: about 12 s per 3 s clip on one Zen 4 core) and says nothing about speed.
 
     python -m bench.int8_check --fp32 FP32_DIR --int8 INT8_DIR [--int8 ...] --speech tests/data/speech \
-        [--emulate Haswell] [--seconds 3] [--per-speaker 4]
+        [--unseen] [--emulate Haswell] [--seconds 3] [--per-speaker 4] [--join 30]
 
 For each int8 bundle: the cosine of its embeddings to the float32 bundle's, on the recordings of the
-speakers its manifest lists as held out (or all of ``--speech`` when it lists none), in each level
-condition of the export's gate; min and mean, natively and (``--emulate``) under QEMU. float32
-references are computed natively.
+speakers its manifest lists as held out (or all of ``--speech`` when it lists none), or with
+``--unseen`` of the speakers it lists neither as calibration nor as held out (never heard by the
+export), in each condition of the export's gate (``app.audio.conditions``); min and mean, natively and
+(``--emulate``) under QEMU. float32 references are computed natively. ``--join 30`` joins each speaker's
+recordings end to end into clips of 30 s (the longest input one pass of a NeMo bundle's graph sees):
+the telephone band's edge values grow with the length.
 
 The module doubles as the child process QEMU runs (``--child``): that path imports only numpy and
 onnxruntime, so that it starts in seconds under emulation.
@@ -29,10 +32,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:  # the QEMU child imports nothing of app: it has to start in seconds under emulation
+    from app.export.quantize import Recording
 
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
@@ -117,15 +123,31 @@ def cosines(a: Float64Array, b: Float64Array) -> Float64Array:
     return result
 
 
+def _joined(recordings: Sequence[Recording], samples: int) -> list[Recording]:
+    """Each speaker's recordings end to end, cut into whole clips of ``samples`` (the rest dropped)."""
+    from app.export.quantize import Recording
+
+    clips = []
+    for speaker in sorted({r.speaker or "" for r in recordings}):
+        wave = np.concatenate([r.wave for r in recordings if (r.speaker or "") == speaker])
+        for i in range(wave.size // samples):
+            clips.append(Recording(wave[i * samples : (i + 1) * samples], speaker or None, f"{speaker}#{i}"))
+    return clips
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fp32", type=Path, required=True, help="the float32 bundle the int8 ones came from")
     p.add_argument("--int8", type=Path, action="append", required=True, help="an int8 bundle (repeatable)")
     p.add_argument("--speech", type=Path, required=True, help="speech, one folder per speaker")
+    p.add_argument("--unseen", action="store_true", help="the speakers the export never heard instead")
     p.add_argument("--emulate", metavar="CPU", help="also run the int8 graphs under QEMU -cpu CPU (Haswell)")
     p.add_argument("--seconds", type=float, default=30.0, help="first seconds of each recording (30)")
     p.add_argument("--per-speaker", type=int, default=0, help="first N recordings per speaker (0: all)")
-    p.add_argument("--as-recorded", action="store_true", help="only the recordings as recorded, no levels")
+    p.add_argument(
+        "--join", type=float, metavar="SECONDS", help="each speaker's recordings joined, cut to clips"
+    )
+    p.add_argument("--as-recorded", action="store_true", help="only the recordings as recorded")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -134,8 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["--child"]:
         return _child(sys.argv[2:])
     args = _parse(argv)
+    from app.audio.conditions import AS_RECORDED, CONDITION_NAMES, derive
     from app.engine.manifest import GRAPH_FILE, load_manifest
-    from app.export.quantize import LEVEL_CONDITIONS, load_recordings
+    from app.export.quantize import load_recordings
 
     recordings = load_recordings(args.speech)
     rows = []
@@ -143,8 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = load_manifest(int8_dir).quantization
         if info is None:
             raise SystemExit(f"{int8_dir}: not an int8 bundle")
-        speakers = set(info.heldout_speakers)
-        chosen = [r for r in recordings if not speakers or r.speaker in speakers]
+        if args.unseen:
+            heard = {*info.calibration_speakers, *info.heldout_speakers}
+            chosen = [r for r in recordings if r.speaker is not None and r.speaker not in heard]
+        else:
+            speakers = set(info.heldout_speakers)
+            chosen = [r for r in recordings if not speakers or r.speaker in speakers]
         if args.per_speaker:
             by_speaker: dict[str | None, int] = {}
             kept = []
@@ -153,10 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if by_speaker[r.speaker] <= args.per_speaker:
                     kept.append(r)
             chosen = kept
-        limit = int(args.seconds * 16000)
-        levels = LEVEL_CONDITIONS[:1] if args.as_recorded else LEVEL_CONDITIONS
-        waves = [change(r.wave[:limit]) for _, change in levels for r in chosen]
-        labels = [name for name, _ in levels for _ in chosen]
+        if args.join:
+            chosen = _joined(chosen, int(args.join * 16000))
+        limit = int((args.join or args.seconds) * 16000)
+        conditions = (AS_RECORDED,) if args.as_recorded else CONDITION_NAMES
+        waves = [derive(condition, r.wave[:limit]) for condition in conditions for r in chosen]
+        labels = [condition for condition in conditions for _ in chosen]
         (ref, native), _ = embed_graphs([args.fp32 / GRAPH_FILE, int8_dir / GRAPH_FILE], waves)
         runs = {"native": cosines(native, ref)}
         if args.emulate:
@@ -167,17 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs["emulated vs native int8"] = cosines(emulated, native)
         speakers_text = ", ".join(sorted({r.speaker or "?" for r in chosen}))
         for run, values in runs.items():
-            by_level = {name: float(np.min(values[[lab == name for lab in labels]])) for name, _ in levels}
+            by_condition = [float(np.min(values[[lab == name for lab in labels]])) for name in conditions]
             rows.append(
                 f"| {int8_dir.name} | {run} | {len(chosen)} of {speakers_text} | "
                 f"{float(values.min()):.6f} | {float(values.mean()):.6f} | "
-                + " / ".join(f"{v:.6f}" for v in by_level.values())
+                + " / ".join(f"{v:.6f}" for v in by_condition)
                 + " |"
             )
-    levels_text = " / ".join(
-        name for name, _ in (LEVEL_CONDITIONS[:1] if args.as_recorded else LEVEL_CONDITIONS)
-    )
-    print(f"| bundle | kernels | recordings | min cosine | mean cosine | min by level ({levels_text}) |")
+    names = " / ".join((AS_RECORDED,) if args.as_recorded else CONDITION_NAMES)
+    print(f"| bundle | kernels | recordings | min cosine | mean cosine | min by condition ({names}) |")
     print("| --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     return 0

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.data import NEMO_FIXTURES, SPEECH_DIR, check_test_data, missing_data_message
+from tests.support.data import (
+    INT8_EXPORT_SPEAKERS,
+    INT8_RECORDINGS_PER_SPEAKER,
+    NEMO_FIXTURES,
+    SPEECH_DIR,
+    check_test_data,
+    missing_data_message,
+    speaker_folders,
+)
 from tests.support.redis_server import RedisProcess, free_port
 
 
@@ -34,6 +42,28 @@ def speech_dir() -> Path:
 @pytest.fixture(scope="session")
 def nemo_fixtures() -> Path:
     return NEMO_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def titanet_small_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TitaNet-S, random weights (seed 0), exported in float32 (about 10 s)."""
+    from app.export.nemo_export import export_random_init
+
+    out = tmp_path_factory.mktemp("titanet-small") / "fp32"
+    export_random_init("titanet-small", out, precision="fp32", name=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def titanet_small_int8(tmp_path_factory: pytest.TempPathFactory, titanet_small_fp32: Path) -> Path:
+    """Its int8 bundle as ``voxgate export --precision int8`` writes it, from the speakers of
+    ``INT8_EXPORT_SPEAKERS`` (about 12 s)."""
+    from app.export.quantize import load_recordings, quantize_bundle, split_calibration
+
+    root = tmp_path_factory.mktemp("titanet-small-int8")
+    audio = speaker_folders(INT8_EXPORT_SPEAKERS, root / "calibration", INT8_RECORDINGS_PER_SPEAKER)
+    quantize_bundle(titanet_small_fp32, root / "int8", split_calibration(load_recordings(audio)))
+    return root / "int8"
 
 
 @pytest.fixture(scope="session")

@@ -24,12 +24,13 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-from app.core.errors import SpeakerLocked
+from app.core.errors import SpeakerBusy, SpeakerLocked
 from app.store.connection import Batch, redis_errors, reply, reply_text
 from app.store.keys import KeySchema
 
 # KEYS: failures, attempts, locked. ARGV: speaker id, attempt id, failures allowed, window (s),
-# max pending (s). Returns {1, '0'} (go), {0, seconds left} (locked), {2, seconds} (attempts under way).
+# max pending (s). Returns {1, '0'} (go), {0, seconds left} (locked), {2, seconds} (enough failures in the
+# window), {3, seconds} (attempts under way: the failures and the attempts in flight reach the limit).
 _BEGIN_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -44,7 +45,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
 local failed = redis.call('ZCARD', KEYS[1])
 local pending = redis.call('ZCARD', KEYS[2])
 if failed + pending >= tonumber(ARGV[3]) then
-  if pending > 0 then return {2, '1'} end
+  if pending > 0 then return {3, '1'} end
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return {2, tostring(tonumber(oldest[2]) + window - now)}
 end
@@ -146,7 +147,8 @@ class Lockout:
         return batch.script(self._begin, self._keys(tenant, speaker_id), args)
 
     def check_begun(self, speaker_id: str, answer: Any) -> None:
-        """The reply of ``queue_begin``: nothing when the attempt may go on, else ``SpeakerLocked``."""
+        """The reply of ``queue_begin``: nothing when the attempt may go on, else ``SpeakerLocked`` (423) or
+        ``SpeakerBusy`` (429: attempts under way, none of them failed yet)."""
         status, seconds = int(reply(answer)[0]), float(reply_text(reply(answer)[1]))
         if status == 1:
             return
@@ -157,9 +159,16 @@ class Lockout:
                 retry_after_s=seconds,
                 speaker_id=speaker_id,
             )
+        if status == 3:
+            raise SpeakerBusy(
+                f"speaker {speaker_id!r}: as many verifications are failed or under way as the lockout "
+                f"allows ({self.failures} within {self.window_s:g} s); retry when one is decided",
+                retry_after_s=seconds,
+                speaker_id=speaker_id,
+            )
         raise SpeakerLocked(
-            f"speaker {speaker_id!r}: {self.failures} verifications failed or are under way within "
-            f"{self.window_s:g} s; retry in {math.ceil(seconds)} s",
+            f"speaker {speaker_id!r}: {self.failures} verifications failed within {self.window_s:g} s; "
+            f"retry in {math.ceil(seconds)} s",
             retry_after_s=seconds,
             speaker_id=speaker_id,
         )

@@ -62,8 +62,9 @@ and `duplicate_audio` (a recording already enrolled) 409, when enrollment refuse
 `audio_too_large` 413 (from `Content-Length` before the body is read, or while it streams in);
 `unsupported_media_type` 415; `audio_too_long`, `no_speech`, `not_enough_speech`, `invalid_speaker_id`,
 `invalid_request` 422; `speaker_locked` 423 (too many failed verifications of the speaker, with
-`Retry-After`: not to be retried at once); `overloaded` (the server) and
-`rate_limited` (the API key) 429, both with `Retry-After`; `internal_error` 500 (a bug: the traceback is
+`Retry-After`: not to be retried at once); `overloaded` (the server), `rate_limited` (the API key) and
+`speaker_busy` (as many verifications of one speaker under way as its lockout allows) 429, with
+`Retry-After`; `internal_error` 500 (a bug: the traceback is
 logged under the request id); `store_unavailable`, `engine_unavailable`, `connection_limit` 503;
 `store_full` 507 (Redis at its memory limit refuses writes); `deadline_exceeded` 504. A refused request
 never changes stored data.

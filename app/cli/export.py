@@ -48,9 +48,9 @@ def add_parser(sub: Any) -> None:
         "--min-cosine",
         type=float,
         default=0.995,
-        help="int8: fail unless every held-out recording's embedding, as recorded, 20 dB quieter and "
-        "amplified until clipped, has at least this cosine to the float32 graph's (default 0.995); the "
-        "most sensitive convolutions stay float32 until it does",
+        help="int8: fail unless every held-out recording's embedding, as recorded, in the telephone band, "
+        "20 dB quieter, amplified until clipped and with noise at 10 dB SNR, has at least this cosine to "
+        "the float32 graph's (default 0.995); the most sensitive convolutions stay float32 until it does",
     )
     export.add_argument("--cache-dir", type=Path, help="download cache for --pretrained")
     export.add_argument("--name", help="model name written to the manifest (default: derived)")
@@ -132,7 +132,7 @@ def _export_int8(args: argparse.Namespace) -> int:
     )
     print(
         f"int8 ({info.scheme}): {info.quantized_nodes} convolutions quantised; cosine to fp32 on {held}: "
-        f"min {info.min_cosine_to_fp32:.6f}, mean {info.mean_cosine_to_fp32:.6f}; worst by level: "
+        f"min {info.min_cosine_to_fp32:.6f}, mean {info.mean_cosine_to_fp32:.6f}; worst by condition: "
         + ", ".join(f"{name} {value:.6f}" for name, value in info.min_cosine_by_condition.items())
         + f"; largest score change {info.max_score_change:.4f}"
         + (f"; kept in float32: {', '.join(info.float32_nodes)}" if info.float32_nodes else "")

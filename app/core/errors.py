@@ -151,6 +151,14 @@ class SpeakerLocked(_RetryLater):
     status, code, title = 423, "speaker_locked", "Speaker locked after failed verifications"
 
 
+class SpeakerBusy(_RetryLater):
+    """As many verifications of this speaker are under way as the lockout lets fail: a next one waits until
+    one of them is decided (none failed yet, so the speaker is not locked; an attacker cannot run more
+    attempts in parallel than the lockout allows)."""
+
+    status, code, title = 429, "speaker_busy", "Too many verifications of this speaker at once"
+
+
 class DeadlineExceeded(VoxGateError):
     status, code, title = 504, "deadline_exceeded", "Request deadline exceeded"
 

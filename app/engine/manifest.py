@@ -84,8 +84,9 @@ class QuantizationInfo(BaseModel):
     )
     min_cosine_by_condition: dict[str, float] = Field(
         default_factory=dict,
-        description="Worst cosine to float32 per level condition of the held-out recordings "
-        "(as recorded, quieter, louder and clipped); every one met the export's gate.",
+        description="Worst cosine to float32 per condition of the held-out recordings (app.export."
+        "conditions: as recorded, telephone band, -20 dB, clipped, noise at 10 dB SNR; bundles made "
+        "before the telephone band and noise have the first, third and fourth); every one met the gate.",
     )
     min_cosine_gate: float | None = Field(None, description="The export's --min-cosine.")
     validated_on: ValidationHost | None = Field(None, description="Where the figures were measured.")
@@ -101,6 +102,11 @@ class ProbeClip(BaseModel):
     source: str = Field(description="Where the clip's speech comes from (corpus, utterance, licence).")
     reference: tuple[float, ...] = Field(
         min_length=1, description="The reference model's (raw, not normalised) embedding of the clip alone."
+    )
+    condition: str | None = Field(
+        default=None,
+        description="The recording condition (app.audio.conditions, e.g. 'telephone band') the clip is "
+        "derived in from the probe's samples [start, end) before it is embedded; None: as stored.",
     )
 
     @model_validator(mode="after")

@@ -4,13 +4,14 @@ The probe audio is real speech shipped inside the package (``app/assets/probe/pr
 LibriSpeech utterances, CC BY 4.0, attribution in ``app/assets/probe/README.md``), so an exporter run
 from an installed package finds it. ``write_probe`` copies it beside the graph and records, per clip, the
 embedding of the float32 model that made the graph; ``copy_probe`` carries it over to a graph derived
-from that bundle (int8). No torch at import: ``app.export.quantize`` uses ``copy_probe``.
+from that bundle (int8), and ``add_condition_clips`` gives an int8 bundle's probe each clip in the
+telephone band too (``INT8_PROBE_CONDITIONS``). No torch at import: ``app.export.quantize`` uses both.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from app.audio.conditions import TELEPHONE, derive
 from app.core.paths import sha256_file
 from app.engine.manifest import PROBE_FILE, ManifestError, ModelManifest, ProbeClip, ProbeInfo
 from app.engine.selfcheck import read_probe_clips
@@ -36,6 +38,9 @@ PROBE_CLIPS = (
     (0, 45360, "LibriSpeech test-other 1688-142285-0002 (LibriVox reader 1688, male, 2.835 s)"),
     (45360, 92480, "LibriSpeech test-other 1998-15444-0008 (LibriVox reader 1998, female, 2.945 s)"),
 )
+# The conditions an int8 bundle's probe adds to its clips: the export calibrates and gates on every
+# condition, and the telephone band is the one whose activations a wideband calibration would not cover.
+INT8_PROBE_CONDITIONS = (TELEPHONE,)
 PROBE_ATTRIBUTION = (
     "LibriSpeech (c) 2014 by Vassil Panayotov, licensed under CC BY 4.0 "
     "(https://creativecommons.org/licenses/by/4.0/); two test-other utterances, samples unchanged "
@@ -64,14 +69,10 @@ def write_probe(out_dir: Path, embed_clip: EmbedClip, *, reference_model: str) -
     target = out_dir / PROBE_FILE
     shutil.copyfile(asset, target)
     waves = read_probe_clips(target, PROBE_SAMPLE_RATE, [(start, end) for start, end, _ in PROBE_CLIPS])
-    clips = []
-    for (start, end, source), wave in zip(PROBE_CLIPS, waves, strict=True):
-        embedding = np.asarray(embed_clip(wave), dtype=np.float32).reshape(-1)
-        if not np.isfinite(embedding).all():
-            raise ManifestError(f"the reference model's embedding of probe clip {source!r} is not finite")
-        # 9 significant digits: every float32 survives the trip through JSON exactly.
-        reference = tuple(float(f"{x:.9g}") for x in embedding.tolist())
-        clips.append(ProbeClip(start=start, end=end, source=source, reference=reference))
+    clips = [
+        ProbeClip(start=start, end=end, source=source, reference=_reference(embed_clip, wave, source))
+        for (start, end, source), wave in zip(PROBE_CLIPS, waves, strict=True)
+    ]
     return ProbeInfo(
         sha256=sha256_file(target),
         sample_rate=PROBE_SAMPLE_RATE,
@@ -79,6 +80,46 @@ def write_probe(out_dir: Path, embed_clip: EmbedClip, *, reference_model: str) -
         reference_model=reference_model,
         attribution=PROBE_ATTRIBUTION,
     )
+
+
+def _reference(embed_clip: EmbedClip, wave: Float32Array, source: str) -> tuple[float, ...]:
+    embedding = np.asarray(embed_clip(wave), dtype=np.float32).reshape(-1)
+    if not np.isfinite(embedding).all():
+        raise ManifestError(f"the reference model's embedding of probe clip {source!r} is not finite")
+    # 9 significant digits: every float32 survives the trip through JSON exactly.
+    return tuple(float(f"{x:.9g}") for x in embedding.tolist())
+
+
+def add_condition_clips(
+    probe_dir: Path,
+    probe: ProbeInfo,
+    embed_clip: EmbedClip,
+    *,
+    conditions: Sequence[str] = INT8_PROBE_CONDITIONS,
+    reference: str,
+) -> ProbeInfo:
+    """``probe`` (its audio in ``probe_dir``) with each clip as stored also in each of ``conditions``.
+
+    A derived clip names its condition and the same samples; the self-check derives it from them with
+    ``app.audio.conditions``, as this does. ``embed_clip`` computes its reference (the float32 graph,
+    described by ``reference``: it goes into each derived clip's ``source``).
+    """
+    stored = [clip for clip in probe.clips if clip.condition is None]
+    waves = read_probe_clips(probe_dir / probe.file, probe.sample_rate, [(c.start, c.end) for c in stored])
+    derived = []
+    for condition in conditions:
+        for clip, wave in zip(stored, waves, strict=True):
+            source = f"{clip.source}; {condition} (derived); reference: {reference}"
+            derived.append(
+                clip.model_copy(
+                    update={
+                        "source": source,
+                        "condition": condition,
+                        "reference": _reference(embed_clip, derive(condition, wave), source),
+                    }
+                )
+            )
+    return probe.model_copy(update={"clips": (*stored, *derived)})
 
 
 def copy_probe(src_dir: Path, dst_dir: Path, manifest: ModelManifest) -> None:

@@ -29,17 +29,22 @@
   every calibration speaker calibrates. Without speaker folders it falls back, with a warning, to every
   fourth recording. The export embeds the held-out recordings with the float32 and the int8 graph and
   fails when a cosine similarity drops below ``min_cosine``.
-* **Louder and quieter than calibration.** NeMo's per-utterance, per-mel-band normalisation sits before
-  the first quantised convolution, but it does not make the encoder's input gain-invariant: the log
-  guard (``log(mel + 2**-24)``) flattens quiet bands, so a recording 20 dB quieter reaches values the
-  calibration never produced (16 instead of 7 at the first quantised input, measured). So calibration
-  sees every recording in three levels (``LEVEL_CONDITIONS``: as recorded, 20 dB quieter, and amplified
-  to 12 dB over full scale and clipped), and the gate checks the held-out recordings in the same three
-  (measured gain: TitaNet fixture at -20 dB / clipped from min cosine 0.991 / 0.977 to 0.994 / 0.988).
-  A margin on the MinMax ranges was measured too (5-30 %, cross-validated over speaker folds) and did
-  not help consistently, so ranges are the plain MinMax of the calibration inputs.
+* **Every condition users send, in calibration and in the gate.** Calibration feeds every recording in
+  each condition of ``app.audio.conditions`` (as recorded, telephone band, 20 dB quieter, clipped,
+  noise at 10 dB SNR), and the gate checks the held-out speakers in each, separately: an activation
+  range only covers inputs like the ones it was measured on. The telephone band is the one that
+  decides: bands above 4 kHz that hold nothing make NeMo's per-band normalisation put values of about
+  sqrt(frames) at an utterance's edges, and every layer after it sees activations 3-5x wider than
+  wideband speech gives. Calibrated on wideband speech only, those are clipped: min cosine to float32
+  0.07-0.15 for the TitaNet fixture, 0.9945-0.9957 for the full-size graphs. Calibrated on all conditions,
+  the ranges hold them and the wider steps cost a little elsewhere (TitaNet-L all-int8, unseen
+  speakers: worst condition 0.9968 instead of 0.9957 on the telephone band; docs/performance.md has
+  the table per model). Recordings are fed whole (up to ``RECORDING_SECONDS``, the longest input one
+  pass of the graph sees) because the edge values grow with the length. A margin on the MinMax ranges
+  was measured too (5-30 %, cross-validated over speaker folds) and did not help consistently, so
+  ranges are the plain MinMax of the calibration inputs.
 * **What the manifest records** (``quantization``): the scheme, the split, the calibration and held-out
-  speakers, min and mean cosine (as recorded) and the worst per level condition, the largest change of
+  speakers, min and mean cosine (as recorded) and the worst per condition, the largest change of
   a verification score, and the host the figures were measured on (instruction-set flags from
   ``/proc/cpuinfo``, ONNX Runtime version). The int8 graph has its own graph hash, hence its own storage
   namespace (``ModelManifest.model_key``): float32 enrollments are not mixed with int8 embeddings.
@@ -73,6 +78,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from app.audio.conditions import AS_RECORDED, CONDITION_NAMES, derive
 from app.audio.decode import TARGET_SAMPLE_RATE, decode_audio
 from app.core.errors import VoxGateError
 from app.core.paths import sha256_file
@@ -86,7 +92,7 @@ from app.engine.manifest import (
     load_manifest,
     write_manifest,
 )
-from app.export.probe import copy_probe
+from app.export.probe import add_condition_clips, copy_probe
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +107,8 @@ DEFAULT_MIN_COSINE = 0.995
 MIN_CALIBRATION_FILES = 4
 # Every HELDOUT_EVERY-th speaker (name order, counting from the last) is held out: at least one.
 HELDOUT_EVERY = 4
-# Calibration only needs activation ranges: 10 s per recording is plenty and bounds memory.
-CALIBRATION_SECONDS = 10.0
-# Accuracy is measured on up to 30 s per recording (the segment length of the NeMo bundles: one pass).
+# Calibration and the gate use up to 30 s of each recording (the segment length of the NeMo bundles: the
+# longest input one pass of the graph sees).
 RECORDING_SECONDS = 30.0
 # Longer files are skipped rather than decoded whole.
 MAX_FILE_SECONDS = 600.0
@@ -134,36 +139,12 @@ def method_text(scheme: Int8Scheme) -> str:
     return (
         f"static post-training int8 (QDQ, {scheme.name}): encoder convolutions with per-channel "
         f"{weights} weights and {scheme.activation_type.name.lower()} activations, MinMax calibration at "
-        "three input levels; front end and decoder float32"
+        f"every recording in {len(CONDITION_NAMES)} conditions; front end and decoder float32"
     )
 
 
 class QuantizationError(ValueError):
     """The int8 graph could not be made, or it is not accurate enough."""
-
-
-# --- input levels -------------------------------------------------------------------------------------
-AS_RECORDED = "as recorded"
-
-
-def _quieter(wave: Float32Array) -> Float32Array:
-    return (wave * np.float32(0.1)).astype(np.float32)
-
-
-def _louder_clipped(wave: Float32Array) -> Float32Array:
-    peak = float(np.abs(wave).max(initial=0.0))
-    gain = 4.0 / peak if peak > 0.0 else 1.0
-    louder: Float32Array = np.clip(wave * np.float32(gain), -1.0, 1.0).astype(np.float32)
-    return louder
-
-
-# (name, transform): calibration feeds every recording in each; the gate checks each. -20 dB is a quiet
-# microphone (about -45 dBFS RMS for the repository's speech); 4x the peak clips like an overdriven one.
-LEVEL_CONDITIONS: tuple[tuple[str, Callable[[Float32Array], Float32Array]], ...] = (
-    (AS_RECORDED, lambda wave: wave),
-    ("-20 dB", _quieter),
-    ("+12 dB over full scale, clipped", _louder_clipped),
-)
 
 
 # --- recordings and the held-out split ----------------------------------------------------------------
@@ -452,17 +433,19 @@ def _feed(wave: Float32Array) -> dict[str, np.ndarray]:
     return {AUDIO_INPUT: wave[None, :], LENGTHS_INPUT: np.array([wave.size], dtype=np.int64)}
 
 
-def calibration_inputs(waves: Sequence[Float32Array], sample_rate: int) -> list[Float32Array]:
-    """What calibration feeds: the first ``CALIBRATION_SECONDS`` of each recording, in every level."""
-    limit = int(CALIBRATION_SECONDS * sample_rate)
-    return [change(wave[:limit]) for wave in waves for _, change in LEVEL_CONDITIONS]
+def calibration_inputs(
+    waves: Sequence[Float32Array], conditions: Sequence[str] = CONDITION_NAMES
+) -> Iterator[Float32Array]:
+    """What calibration feeds, one at a time (derived as it goes: five copies of every recording would
+    not need to be in memory at once): each recording in every condition."""
+    return (derive(condition, wave) for wave in waves for condition in conditions)
 
 
 class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
     """Feeds calibration inputs one at a time (batch 1: no padding enters the activation ranges)."""
 
-    def __init__(self, inputs: Sequence[Float32Array]) -> None:
-        self._items: Iterator[Float32Array] = iter(inputs)
+    def __init__(self, inputs: Iterator[Float32Array]) -> None:
+        self._items = inputs
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         wave = next(self._items, None)
@@ -471,7 +454,7 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships
 
 @dataclass(frozen=True)
 class Scores:
-    """Cosine of each held-out recording's embedding to its float32 one, per level condition."""
+    """Cosine of each held-out recording's embedding to its float32 one, per condition."""
 
     cosines: dict[str, list[float]]
     max_score_change: float
@@ -489,10 +472,10 @@ class Scores:
 
 
 class _HeldOut:
-    """Held-out recordings in every level condition, and their float32 embeddings to score graphs by."""
+    """Held-out recordings in every condition, and their float32 embeddings to score graphs by."""
 
     def __init__(self, fp32_graph: Path, waves: Sequence[Float32Array]) -> None:
-        self._feeds = {name: [_feed(change(w)) for w in waves] for name, change in LEVEL_CONDITIONS}
+        self._feeds = {name: [_feed(derive(name, w)) for w in waves] for name in CONDITION_NAMES}
         self._reference = self._embed(fp32_graph)
 
     def _embed(self, graph: Path) -> dict[str, npt.NDArray[np.float64]]:
@@ -526,7 +509,11 @@ class _Quantizer:
     """Writes int8 variants of one prepared graph; activation ranges are calibrated once, then cached."""
 
     def __init__(
-        self, prepared: Path, workdir: Path, inputs: Sequence[Float32Array], scheme: Int8Scheme
+        self,
+        prepared: Path,
+        workdir: Path,
+        inputs: Callable[[], Iterator[Float32Array]],
+        scheme: Int8Scheme,
     ) -> None:
         self.prepared = prepared
         self.candidates = encoder_convolutions(onnx.load(str(prepared)))
@@ -547,7 +534,7 @@ class _Quantizer:
         quantize_static(
             str(self.prepared),
             str(out),
-            None if reuse else _Reader(self._inputs),
+            None if reuse else _Reader(self._inputs()),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
             nodes_to_quantize=list(nodes),
@@ -567,11 +554,14 @@ def quantize_graph(
     calibration: Sequence[Float32Array],
     heldout: Sequence[Float32Array],
     *,
-    sample_rate: int,
     min_cosine: float,
     scheme: Int8Scheme = DEFAULT_SCHEME,
+    calibration_conditions: Sequence[str] = CONDITION_NAMES,
 ) -> QuantizedGraph:
-    """Write the int8 graph of ``fp32_graph`` that reaches ``min_cosine`` on ``heldout`` in every level.
+    """Write the int8 graph of ``fp32_graph`` that reaches ``min_cosine`` on ``heldout`` in every condition.
+
+    ``calibration_conditions`` (default: all of them) is there to measure the alternatives
+    (``bench.int8_conditions``); the exporter calibrates on all.
 
     All encoder convolutions first. When that is not accurate enough, the convolutions whose
     quantisation alone costs the most (typically one or two layers fed by outlier activations) are kept
@@ -588,7 +578,9 @@ def quantize_graph(
         # ORT's graph optimisations first (folds each BatchNorm that follows a conv into it, so the folded
         # weights are what gets quantised). No symbolic shape inference: only lengths are dynamic here.
         quant_pre_process(str(inlined), str(prepared), skip_symbolic_shape=True)
-        quantizer = _Quantizer(prepared, workdir, calibration_inputs(calibration, sample_rate), scheme)
+        quantizer = _Quantizer(
+            prepared, workdir, lambda: calibration_inputs(calibration, calibration_conditions), scheme
+        )
         held = _HeldOut(fp32_graph, heldout)
         nodes = list(quantizer.candidates)
         graph = quantizer.write(nodes)
@@ -604,13 +596,15 @@ def quantize_graph(
                 if scores.worst >= min_cosine:
                     break
         if scores.worst < min_cosine:
-            worst_condition = min(scores.by_condition().items(), key=lambda item: item[1])[0]
+            below = [
+                f"{name} {value:.6f}" for name, value in scores.by_condition().items() if value < min_cosine
+            ]
             raise QuantizationError(
                 f"int8 graph is not accurate enough: min cosine to the float32 graph on {len(heldout)} "
-                f"held-out recordings is {scores.worst:.6f} < {min_cosine:g} ({worst_condition}) even "
-                f"with {len(quantizer.candidates) - len(nodes)} of {len(quantizer.candidates)} "
-                "convolutions kept in float32; serve the float32 graph, or calibrate with more "
-                "representative audio"
+                f"held-out recordings is below {min_cosine:g} ({', '.join(below)}) even with "
+                f"{len(quantizer.candidates) - len(nodes)} of {len(quantizer.candidates)} convolutions "
+                "kept in float32; nothing written. Serve the float32 graph, or calibrate with audio "
+                "like the audio you will serve"
             )
         shutil.move(str(graph), int8_graph)
         kept = [n for n in quantizer.candidates if n not in nodes]
@@ -634,6 +628,17 @@ def _cpu_session(graph: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def _embed_alone(graph: Path) -> Callable[[Float32Array], Float32Array]:
+    """One clip alone (a batch of one) -> its embedding, on the CPU provider."""
+    session = _cpu_session(graph)
+
+    def embed(wave: Float32Array) -> Float32Array:
+        embedding: Float32Array = session.run(None, _feed(wave))[0][0]
+        return embedding
+
+    return embed
+
+
 def quantize_bundle(
     fp32_dir: Path,
     out: Path,
@@ -644,8 +649,8 @@ def quantize_bundle(
 ) -> ModelManifest:
     """Quantise the float32 bundle in ``fp32_dir`` into ``out`` (graph + manifest).
 
-    Nothing is written to ``out`` unless every held-out recording, in every level condition, keeps a
-    cosine of at least ``min_cosine`` to the float32 graph.
+    Nothing is written to ``out`` unless every held-out recording, in every condition, keeps a cosine of
+    at least ``min_cosine`` to the float32 graph.
     """
     fp32 = load_manifest(fp32_dir)
     if fp32.precision != "fp32":
@@ -665,17 +670,24 @@ def quantize_bundle(
             staged,
             [r.wave for r in split.calibration],
             [r.wave for r in split.heldout],
-            sample_rate=fp32.sample_rate,
             min_cosine=min_cosine,
             scheme=scheme,
         )
         out.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), out / GRAPH_FILE)
         copy_probe(fp32_dir, out, fp32)  # the self-check probe and its float32 references
+        probe = fp32.probe
+        if probe is not None:  # and its clips in the telephone band, the float32 graph's embeddings
+            probe = add_condition_clips(
+                out,
+                probe,
+                _embed_alone(fp32_dir / GRAPH_FILE),
+                reference=f"the float32 graph {fp32.graph_sha256[:12]} on the CPU",
+            )
     scores = result.scores
     worst, mean = min(scores.as_recorded), float(np.mean(scores.as_recorded))
     log.info(
-        "int8 vs fp32 on held-out audio: min cosine %.6f, mean %.6f (as recorded); worst by level: %s",
+        "int8 vs fp32 on held-out audio: min cosine %.6f, mean %.6f (as recorded); worst by condition: %s",
         worst,
         mean,
         ", ".join(f"{name} {value:.6f}" for name, value in scores.by_condition().items()),
@@ -684,6 +696,7 @@ def quantize_bundle(
         update={
             "precision": "int8",
             "graph_sha256": sha256_file(out / GRAPH_FILE),
+            "probe": probe,
             "quantization": QuantizationInfo(
                 method=method_text(scheme),
                 quantized_nodes=len(result.quantized),

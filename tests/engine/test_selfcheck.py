@@ -1,7 +1,8 @@
 """The start-up self-check (app/engine/selfcheck.py): every bundle's probe, checked on the provider that
 serves.
 
-Real bundles (the committed default model, NeMo fixture exports in fp32, fp16 and int8), real ONNX
+Real bundles (the committed default model, NeMo fixture exports in fp32 and fp16, TitaNet-S in fp32 and
+int8), real ONNX
 Runtime sessions, real speech. A graph with one weight changed and its manifest re-hashed, so that every
 hash and shape still matches, must be refused by the probe alone: by ``voxgate selfcheck`` (exit 1), by
 the engine's start-up and by ``voxgate serve`` (non-zero exit, one line naming what failed).
@@ -26,7 +27,7 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
 from app.api.factory import create_app
-from app.cli.main import main as cli_main
+from app.audio.conditions import AS_RECORDED, TELEPHONE
 from app.core.paths import sha256_file
 from app.core.settings import Settings
 from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present
@@ -43,7 +44,7 @@ from app.engine.selfcheck import (
 )
 from app.export.nemo_export import export_nemo_checkpoint
 from app.export.probe import PROBE_CLIPS, probe_asset
-from tests.support.data import DEFAULT_MODEL_DIR, REPO_ROOT, nemo_path, speech_files, speech_paths
+from tests.support.data import DEFAULT_MODEL_DIR, REPO_ROOT, nemo_path, speech_paths
 from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess, free_port, settings_for
 
@@ -96,23 +97,17 @@ def selfcheck_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """NeMo fixture exports: TitaNet fp32 and fp16, SpeakerNet fp32 and its int8 graph."""
+def bundles(
+    tmp_path_factory: pytest.TempPathFactory, titanet_small_int8: Path, titanet_small_fp32: Path
+) -> dict[str, Path]:
+    """NeMo fixture exports: TitaNet fp32 and fp16, SpeakerNet fp32; and the int8 bundle the tests share
+    (TitaNet-S, calibrated and gated on speakers that are not the probe's readers 1688 and 1998)."""
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for model, precision in ((TITANET, "fp32"), (TITANET, "fp16"), (SPEAKERNET, "fp32")):
         out[f"{model}-{precision}"] = root / f"{model}-{precision}"
         export_nemo_checkpoint(nemo_path(model), out[f"{model}-{precision}"], precision=precision, name=None)
-    # Calibrated (and gated) on 3 speakers that are not the probe's (readers 1688 and 1998): 4 files each.
-    calibration = root / "calibration"
-    for speaker in ("librispeech_2033", "librispeech_3080", "vctk_p225"):
-        (calibration / speaker).mkdir(parents=True)
-        for path in speech_files()[speaker][:4]:
-            shutil.copyfile(path, calibration / speaker / path.name)
-    out[f"{SPEAKERNET}-int8"] = root / f"{SPEAKERNET}-int8"
-    int8_args = ["--nemo", str(nemo_path(SPEAKERNET)), "--out", str(out[f"{SPEAKERNET}-int8"])]
-    int8_args += ["--precision", "int8", "--calibration-audio", str(calibration)]
-    assert cli_main(["export", *int8_args]) == 0  # float32 export, then quantize_bundle
+    out["int8"], out["int8-fp32"] = titanet_small_int8, titanet_small_fp32
     return out
 
 
@@ -157,16 +152,71 @@ def test_nemo_exports_pass_on_cpu(bundles: dict[str, Path], bundle: str, thresho
     assert result.threshold == (threshold or FP32_MIN_COSINE)
 
 
-def test_int8_bundle_carries_the_float32_probe_and_passes(bundles: dict[str, Path]) -> None:
-    fp32, int8 = load_manifest(bundles[f"{SPEAKERNET}-fp32"]), load_manifest(bundles[f"{SPEAKERNET}-int8"])
+def test_int8_bundle_carries_the_float32_probe_and_its_telephone_band_and_passes(
+    bundles: dict[str, Path],
+) -> None:
+    fp32, int8 = load_manifest(bundles["int8-fp32"]), load_manifest(bundles["int8"])
     assert int8.precision == "int8"
-    assert int8.quantization is not None
-    assert int8.probe == fp32.probe  # the float32 model's references, not the int8 graph's own output
+    info = int8.quantization
+    assert info is not None
     assert fp32.probe is not None
-    assert sha256_file(bundles[f"{SPEAKERNET}-int8"] / PROBE_FILE) == fp32.probe.sha256
-    assert threshold_for(int8) == pytest.approx(int8.quantization.min_cosine_to_fp32 - INT8_MARGIN)
-    result = check(bundles[f"{SPEAKERNET}-int8"])
+    assert int8.probe is not None
+    assert sha256_file(bundles["int8"] / PROBE_FILE) == int8.probe.sha256 == fp32.probe.sha256
+    # The float32 model's references for the clips as stored, not the int8 graph's own output; then each
+    # clip again in the telephone band, referenced by the float32 graph.
+    stored, derived = int8.probe.clips[: len(PROBE_CLIPS)], int8.probe.clips[len(PROBE_CLIPS) :]
+    assert stored == fp32.probe.clips
+    assert [(c.condition, c.start, c.end) for c in derived] == [(TELEPHONE, c.start, c.end) for c in stored]
+    assert all(c.reference != s.reference for c, s in zip(derived, stored, strict=True))
+    assert all(f"float32 graph {fp32.graph_sha256[:12]}" in c.source for c in derived)
+    # Each clip is held to its own condition's minimum from the export's gate.
+    assert threshold_for(int8) == pytest.approx(info.min_cosine_by_condition[AS_RECORDED] - INT8_MARGIN)
+    assert threshold_for(int8, TELEPHONE) == pytest.approx(
+        info.min_cosine_by_condition[TELEPHONE] - INT8_MARGIN
+    )
+    result = check(bundles["int8"])
     assert result.passed is True, result.line()
+    assert result.clips == 2 * len(PROBE_CLIPS)
+    assert result.condition in (AS_RECORDED, TELEPHONE)
+    assert result.line().endswith(f"(worst of 4 probe clips: {result.condition})")
+
+
+def test_int8_telephone_clip_below_its_threshold_fails_and_is_named(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """An export that claims the telephone band is as exact as float32 (min cosine 1.0): the probe's
+    telephone clips cannot reach 1.0 - margin, the stored clips still pass theirs, and the one line says
+    which clip failed."""
+    bundle = tmp_path / "int8"
+    shutil.copytree(bundles["int8"], bundle)
+    manifest = load_manifest(bundle)
+    assert manifest.quantization is not None
+    claims = {**manifest.quantization.min_cosine_by_condition, TELEPHONE: 1.0 + INT8_MARGIN}
+    quantization = manifest.quantization.model_copy(update={"min_cosine_by_condition": claims})
+    write_manifest(bundle, manifest.model_copy(update={"quantization": quantization}))
+    with pytest.raises(SelfCheckFailed) as failed:
+        check(bundle)
+    result = failed.value.result
+    assert (result.condition, result.threshold) == (TELEPHONE, pytest.approx(1.0))
+    assert "(worst of 4 probe clips: telephone band)" in result.line()
+
+
+def test_probe_clip_in_an_unknown_condition_is_refused(bundles: dict[str, Path], tmp_path: Path) -> None:
+    bundle = tmp_path / "int8"
+    shutil.copytree(bundles["int8"], bundle)
+    manifest = load_manifest(bundle)
+    assert manifest.probe is not None
+    clips = (
+        *manifest.probe.clips[:-1],
+        manifest.probe.clips[-1].model_copy(update={"condition": "underwater"}),
+    )
+    write_manifest(
+        bundle, manifest.model_copy(update={"probe": manifest.probe.model_copy(update={"clips": clips})})
+    )
+    with pytest.raises(
+        ManifestError, match="cannot derive a probe clip: unknown recording condition 'underwater'"
+    ):
+        check(bundle)
 
 
 # --- a changed weight is refused --------------------------------------------------------------------------
@@ -323,9 +373,14 @@ def test_readyz_reports_the_selfcheck(
 def test_thresholds_per_precision(bundles: dict[str, Path]) -> None:
     assert threshold_for(load_manifest(bundles[f"{TITANET}-fp32"])) == 0.9999
     assert threshold_for(load_manifest(bundles[f"{TITANET}-fp16"])) == 0.999
-    int8 = load_manifest(bundles[f"{SPEAKERNET}-int8"])
+    int8 = load_manifest(bundles["int8"])
     with pytest.raises(ManifestError, match="int8 manifest without"):
         threshold_for(int8.model_copy(update={"quantization": None}))
+    # Bundles exported before the telephone band was measured: their one minimum stands for every clip.
+    assert int8.quantization is not None
+    before = int8.quantization.model_copy(update={"min_cosine_by_condition": {}})
+    old = int8.model_copy(update={"quantization": before})
+    assert threshold_for(old, TELEPHONE) == threshold_for(old) == before.min_cosine_to_fp32 - INT8_MARGIN
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,23 @@ def non_speech_signals(seconds: float = 5.0) -> dict[str, npt.NDArray[np.float32
         "music": 0.3 * music / np.abs(music).max(),
     }
     return {name: np.asarray(x, dtype=np.float32) for name, x in signals.items()}
+
+
+# --- the int8 export the tests share (conftest: ``titanet_small_int8``) ----------------------------------
+# TitaNet-S (the full-size architecture, random weights) quantised on four speakers: the default split
+# holds out vctk_p225 for the gate and calibrates on the other three. The rest it never hears: the
+# self-check probe's readers (1688, 1998) and vctk_p226, one corpus each way.
+INT8_EXPORT_SPEAKERS = ("librispeech_2033", "librispeech_3080", "librispeech_533", "vctk_p225")
+INT8_GATE_SPEAKERS = ["vctk_p225"]
+INT8_UNSEEN_SPEAKERS = ("librispeech_1688", "librispeech_1998", "vctk_p226")
+# Recordings per speaker the export uses (keeps the suite quick: 12 calibrate, 4 gate).
+INT8_RECORDINGS_PER_SPEAKER = 4
+
+
+def speaker_folders(speakers: tuple[str, ...] | list[str], dst: Path, per_speaker: int | None = None) -> Path:
+    """A copy of the given speakers' recordings (the first ``per_speaker`` of each) in speaker folders."""
+    for speaker in speakers:
+        (dst / speaker).mkdir(parents=True)
+        for path in speech_files()[speaker][:per_speaker]:
+            shutil.copyfile(path, dst / speaker / path.name)
+    return dst

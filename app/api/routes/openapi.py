@@ -55,7 +55,8 @@ PROBLEM_RESPONSES: Final[dict[int | str, tuple[str, str]]] = {
     ),
     429: (
         "TooManyRequests",
-        "`overloaded` (the server), `rate_limited` (the API key); `Retry-After` says when.",
+        "`overloaded` (the server), `rate_limited` (the API key), `speaker_busy` (as many verifications of "
+        "the speaker under way as its lockout allows); `Retry-After` says when.",
     ),
     503: (
         "ServiceUnavailable",
