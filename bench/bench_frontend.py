@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -177,8 +178,10 @@ def measure(
             for n in range(args.clients)
         ]
 
-        def request(i: int) -> Request:
-            return verify[i % len(verify)]
+        turn = itertools.count()
+
+        def request(_: int) -> Request:  # round robin over the speakers, whichever client asks
+            return verify[next(turn) % len(verify)]
 
         # Warm-up: the first requests of each process pay one-time costs.
         asyncio.run(closed_loop(server.port, request, args.clients, 2.0, 30.0))

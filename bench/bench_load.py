@@ -50,6 +50,7 @@ import datetime
 import errno
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -940,13 +941,15 @@ class Bench:
         self.busy_after_last = False
         self.sustainable_rate: float | None = None
         self.auth: tuple[str, ...] = (f"Authorization: Bearer {args.api_key}",) if args.api_key else ()
+        self._turn = itertools.count()
 
     # -- helpers --
     def verify_request(self, i: int) -> Request:
         probe = self.audio.probes[i % len(self.audio.probes)]
+        speaker = next(self._turn) % SPEAKERS  # round robin, whichever client asks
         return multipart_request(
             "/verify",
-            [("speaker_id", f"{SPEAKER}-{i % SPEAKERS}")],
+            [("speaker_id", f"{SPEAKER}-{speaker}")],
             [("audio", f"probe{i % len(self.audio.probes)}.flac", "audio/flac", probe)],
             self.auth,
         )

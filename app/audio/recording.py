@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.audio import vad
-from app.audio.decode import DecodedAudio, decode_audio
+from app.audio.decode import DecodedAudio, OpenedUpload
 from app.core.errors import NoSpeech, NotEnoughSpeech
 
 Float32Array = npt.NDArray[np.float32]
@@ -60,7 +60,7 @@ class SpeechGate:
 
 
 def decode_recording(
-    data: bytes,
+    upload: bytes | OpenedUpload,
     name: str,
     *,
     content_type: str | None = None,
@@ -68,10 +68,15 @@ def decode_recording(
     should_stop: Callable[[], None] | None = None,
     on_decoded: Callable[[DecodedAudio], None] | None = None,
 ) -> Recording:
-    """Decode an upload (blocking: callers run it off the event loop). ``on_decoded`` sees the decoded
-    audio (the intake accounts for its memory there); ``should_stop`` runs between decoded blocks and may
-    raise."""
-    audio = decode_audio(data, content_type=content_type, max_seconds=max_seconds, should_stop=should_stop)
+    """Decode an upload, its bytes or an upload already opened to read its header (blocking: callers run
+    it off the event loop). ``on_decoded`` sees the decoded audio (the intake accounts for its memory
+    there); ``should_stop`` runs between decoded blocks and may raise."""
+    opened = (
+        upload
+        if isinstance(upload, OpenedUpload)
+        else OpenedUpload(upload, content_type=content_type, max_seconds=max_seconds)
+    )
+    audio = opened.decode(should_stop)
     if on_decoded is not None:
         on_decoded(audio)
     return Recording(name, audio.waveform)

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from app.audio.decode import TARGET_SAMPLE_RATE, AudioHeader, read_header
+from app.audio.decode import TARGET_SAMPLE_RATE, AudioHeader, OpenedUpload
 from app.audio.recording import Recording, decode_recording
 from app.core.errors import DeadlineExceeded, VoxGateError
 from app.core.process import available_cpus
@@ -79,15 +79,25 @@ class AudioIntake:
         Every header is read first (no samples decoded): an over-long or undecodable file is refused at
         once, the memory for all recordings is reserved at once, and audio that cannot be through
         inference by the deadline is refused before any of it is decoded."""
-        loop = asyncio.get_running_loop()
         names = [upload_name(upload, position) for position, upload in enumerate(uploads)]
         # Headers are cheap (no samples): read them beside the pool, not queued behind its decoding.
         with _naming_errors(None):
-            headers = await asyncio.to_thread(self._read_headers, uploads, names)
+            opened = await asyncio.to_thread(self._open_all, uploads, names)
+        try:
+            return await self._decode_all(opened, names, admitted, waiting)
+        finally:
+            for upload in opened:
+                upload.close()  # what was not decoded (refused, cancelled); a no-op for the rest
+
+    async def _decode_all(
+        self, opened: list[OpenedUpload], names: list[str], admitted: Admitted, waiting: Waiting
+    ) -> list[Recording]:
+        loop = asyncio.get_running_loop()
+        headers = [upload.header for upload in opened]
         decoded = [h.decoded_bytes(self.max_seconds) for h in headers]
         admitted.reservation.grow(
             sum(decoded) + max(decoded) + DECODE_WORK_BYTES,
-            f"the decoded audio of {len(uploads)} recording(s)",
+            f"the decoded audio of {len(opened)} recording(s)",
         )
         seconds = sum(min(h.duration_s or self.max_seconds, self.max_seconds) for h in headers)
         samples = round(seconds * TARGET_SAMPLE_RATE)
@@ -100,7 +110,7 @@ class AudioIntake:
             self._queued_s += seconds
         recordings: list[Recording] = []
         try:
-            for upload, name, expected in zip(uploads, names, decoded, strict=True):
+            for upload, name, expected in zip(opened, names, decoded, strict=True):
                 with _naming_errors(name):
                     recordings.append(
                         await loop.run_in_executor(
@@ -119,17 +129,25 @@ class AudioIntake:
         admitted.decoded()
         return recordings
 
-    def _read_headers(self, uploads: Sequence[Upload], names: Sequence[str]) -> list[AudioHeader]:
-        headers = []
-        for upload, name in zip(uploads, names, strict=True):
-            with _naming_errors(name):
-                headers.append(
-                    read_header(upload.data, content_type=upload.content_type, max_seconds=self.max_seconds)
-                )
-        return headers
+    def _open_all(self, uploads: Sequence[Upload], names: Sequence[str]) -> list[OpenedUpload]:
+        """Every upload opened and its header read (no samples decoded), or the first bad one refused."""
+        opened: list[OpenedUpload] = []
+        try:
+            for upload, name in zip(uploads, names, strict=True):
+                with _naming_errors(name):
+                    opened.append(
+                        OpenedUpload(
+                            upload.data, content_type=upload.content_type, max_seconds=self.max_seconds
+                        )
+                    )
+        except BaseException:
+            for done in opened:
+                done.close()
+            raise
+        return opened
 
     def _decode(
-        self, upload: Upload, name: str, expected: int, reservation: Reservation, deadline: float
+        self, upload: OpenedUpload, name: str, expected: int, reservation: Reservation, deadline: float
     ) -> Recording:
         """One upload, on a pool thread, within what was reserved for it (more only when the container
         said too little: MP3 lengths are estimates)."""
@@ -141,10 +159,8 @@ class AudioIntake:
         check_deadline()
         started = time.perf_counter()
         recording = decode_recording(
-            upload.data,
+            upload,
             name,
-            content_type=upload.content_type,
-            max_seconds=self.max_seconds,
             should_stop=check_deadline,
             on_decoded=lambda audio: reservation.grow(
                 max(0, audio.waveform.nbytes - expected), f"the decoded audio of {name!r}"

@@ -17,8 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from app.api.multipart import UploadedFile
-from app.audio import recording as recording_module
-from app.audio.decode import BLOCK_SAMPLES, decode_audio
+from app.audio.decode import BLOCK_SAMPLES, OpenedUpload, decode_audio
 from app.audio.vad import speech_seconds
 from app.core.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
 from app.engine import admission as admission_module
@@ -181,19 +180,19 @@ def test_decoded_audio_is_reserved_from_the_headers_before_any_decoding() -> Non
     budget = MemoryBudget(24 * MB)
     admitted = Admission(engine, budget, max_queue_wait_s=60.0).admit(len(flac) * 3, time.monotonic() + 30)
     blocks = 0
-    real_decode = recording_module.decode_audio
+    real_decode = OpenedUpload.decode
 
-    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+    def counting_decode(self: OpenedUpload, *args: Any, **kwargs: Any) -> Any:
         nonlocal blocks
         blocks += 1
-        return real_decode(*args, **kwargs)
+        return real_decode(self, *args, **kwargs)
 
-    recording_module.decode_audio = counting_decode  # type: ignore[assignment]
+    OpenedUpload.decode = counting_decode  # type: ignore[method-assign]
     try:
         with pytest.raises(AudioTooLarge) as refused:
             asyncio.run(intake.decode(uploads, admitted, Waiting(deadline=time.monotonic() + 30)))
     finally:
-        recording_module.decode_audio = real_decode  # type: ignore[assignment]
+        OpenedUpload.decode = real_decode  # type: ignore[method-assign]
         admitted.release()
         intake.close()
     assert blocks == 0  # refused from the headers
