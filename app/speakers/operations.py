@@ -72,6 +72,14 @@ def clip_digest(recording: Recording) -> bytes:
     return hashlib.sha256(recording.waveform.tobytes()).digest()[:CLIP_DIGEST_BYTES]
 
 
+def _duplicate_audio(speaker_id: str, names: list[str]) -> DuplicateAudio:
+    return DuplicateAudio(
+        f"already enrolled for {speaker_id!r} (or twice in this request): {', '.join(names)}; "
+        "nothing of this request was stored",
+        files=names,
+    )
+
+
 class SpeakerOperations:
     def __init__(
         self,
@@ -106,8 +114,14 @@ class SpeakerOperations:
         """Add recordings to a speaker's voiceprint (creating it). Nothing is stored unless every
         recording is accepted; one unlike the voiceprint is added with an ``unlike_voiceprint`` notice,
         or (``unlike_voiceprint=refuse``) refuses the request with 409."""
-        recordings, embeddings = await self._analyze(recordings, waiting)
         digests = await asyncio.to_thread(lambda: [clip_digest(r) for r in recordings])
+        if self.policy.duplicate_enrollment == "refuse":
+            # The same audio twice in this request: refused before any inference (the store refuses what
+            # the voiceprint holds already, atomically, when it is written).
+            twice = [r.name for i, r in enumerate(recordings) if digests[i] in digests[:i]]
+            if twice:
+                raise _duplicate_audio(speaker_id, twice)
+        recordings, embeddings = await self._analyze(recordings, waiting)
         store = self.tenants.store(tenant)
         existing = await store.get(speaker_id)
         warnings = self._unlike_voiceprint(recordings, embeddings, existing)
@@ -122,12 +136,7 @@ class SpeakerOperations:
                 refuse_duplicates=self.policy.duplicate_enrollment == "refuse",
             )
         except DuplicateRecordings as refused:
-            names = [recordings[i].name for i in refused.indexes]
-            raise DuplicateAudio(
-                f"already enrolled for {speaker_id!r} (or twice in this request): {', '.join(names)}; "
-                "nothing of this request was stored",
-                files=names,
-            ) from None
+            raise _duplicate_audio(speaker_id, [recordings[i].name for i in refused.indexes]) from None
         warnings += [
             Notice(
                 code="duplicate_audio",

@@ -73,3 +73,17 @@ def test_warn_counts_it_again_and_says_so(redis_server: RedisProcess, tiny_model
         body = again.json()
         assert body["utterances"] == 3
         assert [(w["code"], w["file"]) for w in body["warnings"]] == [("duplicate_audio", SPEECH[0].name)]
+
+
+def test_the_same_audio_twice_in_one_request_is_refused_before_any_inference(
+    redis_server: RedisProcess, tiny_model: Path
+) -> None:
+    settings = settings_for(redis_server.url, tiny_model)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        engine = c.app_state["voxgate"].engine  # type: ignore[attr-defined]
+        batches = engine.batches_run
+        r = c.post("/enroll", data={"speaker_id": "carol"}, files=[wav_part(SPEECH[3]), flac_part(SPEECH[3])])
+        assert r.status_code == 409, r.text
+        assert r.json()["files"] == [SPEECH[3].name]
+        assert engine.queue_depth() == 0
+        assert engine.batches_run == batches  # nothing was embedded for it
