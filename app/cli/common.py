@@ -73,36 +73,33 @@ def when(ts: float | None) -> str:
     return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
+def _moment(text: str, direction: int, unusable: CommandError) -> float:
+    """An ISO date/time (UTC unless it says otherwise), or a duration such as 90m, 12h, 7d that far back
+    (``direction`` -1) or ahead (+1) of now, as a Unix time."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and re.fullmatch(r"[0-9]+(\.[0-9]*)?", text[:-1]):
+        return time.time() + direction * float(text[:-1]) * units[text[-1]]
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise unusable from exc
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+
+
 def since(text: str | None) -> float | None:
-    """``--since``: an ISO date/time (UTC unless it says otherwise) or a duration such as 90m, 12h, 7d."""
+    """``--since``: an ISO date/time or a duration back from now (90m, 12h, 7d)."""
     if text is None:
         return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     unusable = CommandError(f"--since {text!r}: give an ISO date/time or a duration like 12h or 7d")
-    if text[-1:] in units and re.fullmatch(r"[0-9]+(\.[0-9]*)?", text[:-1]):
-        moment = time.time() - float(text[:-1]) * units[text[-1]]
-    else:
-        try:
-            parsed = dt.datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise unusable from exc
-        moment = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+    moment = _moment(text, -1, unusable)
     # Stream ids count milliseconds from 1970: anything earlier means "from the start".
     return max(moment, 0.0) if math.isfinite(moment) else 0.0
 
 
 def future(text: str, option: str = "--expires") -> float:
-    """A moment ahead: an ISO date/time (UTC unless it says otherwise) or a duration such as 90d, 12h."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    """A moment ahead: an ISO date/time or a duration from now (90d, 12h)."""
     unusable = CommandError(f"{option} {text!r}: give an ISO date/time or a duration like 12h or 90d")
-    if text[-1:] in units and re.fullmatch(r"[0-9]+(\.[0-9]*)?", text[:-1]):
-        moment = time.time() + float(text[:-1]) * units[text[-1]]
-    else:
-        try:
-            parsed = dt.datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise unusable from exc
-        moment = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+    moment = _moment(text, +1, unusable)
     if not math.isfinite(moment) or moment > 4e9:  # past 2096: not a date anyone meant
         raise unusable
     if moment <= time.time():

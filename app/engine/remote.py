@@ -150,8 +150,10 @@ class RemoteEngine:
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
-        # Blocks still in use are freed by their requests; the arena is unmapped with the last of them.
-        self._arena = None
+        # Blocks still in use are freed by their requests; the arena is closed with the last of them.
+        retired, self._arena = self._arena, None
+        if retired is not None and retired.used_bytes == 0:
+            retired.close()
 
     # --- requests --------------------------------------------------------------------------------
     async def analyze(
@@ -195,6 +197,8 @@ class RemoteEngine:
         finally:
             for offset in offsets:
                 arena.free(offset)
+            if arena is not self._arena and arena.used_bytes == 0:  # retired by a reconnection
+                arena.close()
         if message[0] == "error":
             raise ipc.decode_error(message)
         found, embeddings = [], []
