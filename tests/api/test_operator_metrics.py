@@ -249,7 +249,7 @@ def test_a_served_process_logs_and_counts_a_rate_limited_key(
         created = run_voxgate("keys", "create", "--tenant", "acme", "--rate", "0.01", "--burst", "1", env=env)
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip()
-        key_id = key.split("_")[1]
+        key_id = key.split("_", 2)[1]
         answers = [httpx.get(f"{service.url}/speakers", headers=bearer(key)) for _ in range(2)]
         assert [r.status_code for r in answers] == [200, 429]
         metrics = httpx.get(f"{service.url}/metrics").text
