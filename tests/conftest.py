@@ -21,6 +21,7 @@ from tests.support.data import (
     missing_data_message,
     speaker_folders,
 )
+from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess, free_port
 
 
@@ -104,3 +105,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     yield RedisProcess(port, proc)
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real ONNX graph (``build_tiny_model``: default threshold 0.5), one per test module."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))

@@ -28,16 +28,10 @@ from app.store.redis_store import RedisVoiceprintStore
 from app.store.retention import RetentionSweeper
 from tests.support.access import audit_events, bearer
 from tests.support.data import REPO_ROOT, speech_files, wav_part
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import OwnRedis, RedisProcess, settings_for
 from tests.support.service import run_voxgate
 
 SPEECH = speech_files()["librispeech_1688"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def _event(action: str, outcome: str = "ok", **more: object) -> AuditEvent:

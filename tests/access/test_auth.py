@@ -25,8 +25,7 @@ from app.core.settings import Settings
 from app.store.connection import redis_client
 from app.store.keys import api_key_key
 from tests.support.access import audit_events, bearer, new_key
-from tests.support.data import speech_files, wav_bytes
-from tests.support.models import build_tiny_model
+from tests.support.data import speech_files, wav_part
 from tests.support.redis_server import OwnRedis, RedisProcess, redis_snapshot, settings_for
 from tests.support.service import LiveService, run_voxgate
 
@@ -39,15 +38,6 @@ PROTECTED = [
     ("GET", "/speakers/alice"),
     ("DELETE", "/speakers/alice"),
 ]
-
-
-def wav(path: Path, field: str = "audio") -> tuple[str, tuple[str, bytes, str]]:
-    return (field, (path.name, wav_bytes(path), "audio/wav"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
@@ -121,7 +111,7 @@ def test_every_endpoint_refuses_a_missing_malformed_tampered_unknown_or_revoked_
     before = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
     for method, path in PROTECTED:
         for name, (headers, code) in cases.items():
-            files = [wav(SPEECH["librispeech_1688"][0])] if method == "POST" else None
+            files = [wav_part(SPEECH["librispeech_1688"][0])] if method == "POST" else None
             data = {"speaker_id": "alice"} if path != "/identify" and method == "POST" else None
             r = client.request(method, path, headers=headers, files=files, data=data)
             assert r.status_code == 401, (method, path, name, r.text)
@@ -159,7 +149,7 @@ def test_refused_requests_cannot_push_a_tenants_enrollments_out_of_its_trail(
     key_id, key = new_key(settings, "acme", rate=0.001, burst=2)
     guessed = f"vgk_{key_id}_{'A' * 43}"
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        files = [wav(SPEECH["librispeech_1688"][0])]
+        files = [wav_part(SPEECH["librispeech_1688"][0])]
         assert (
             c.post("/enroll", headers=bearer(key), data={"speaker_id": "kept"}, files=files).status_code
             == 200
@@ -207,28 +197,28 @@ def test_tenants_never_see_each_others_speakers(client: TestClient, settings: Se
     # The same id in both tenants, other voices; and one speaker only B has.
     assert (
         client.post(
-            "/enroll", headers=a, data={"speaker_id": "alice"}, files=[wav(SPEECH["vctk_p225"][0])]
+            "/enroll", headers=a, data={"speaker_id": "alice"}, files=[wav_part(SPEECH["vctk_p225"][0])]
         ).status_code
         == 200
     )
     assert (
         client.post(
-            "/enroll", headers=b, data={"speaker_id": "alice"}, files=[wav(SPEECH["vctk_p226"][0])]
+            "/enroll", headers=b, data={"speaker_id": "alice"}, files=[wav_part(SPEECH["vctk_p226"][0])]
         ).status_code
         == 200
     )
     assert (
         client.post(
-            "/enroll", headers=b, data={"speaker_id": "bob"}, files=[wav(SPEECH["librispeech_2033"][0])]
+            "/enroll", headers=b, data={"speaker_id": "bob"}, files=[wav_part(SPEECH["librispeech_2033"][0])]
         ).status_code
         == 200
     )
 
     # ... and one only A has: the other way round
-    carol = [wav(SPEECH["librispeech_3080"][0])]
+    carol = [wav_part(SPEECH["librispeech_3080"][0])]
     assert client.post("/enroll", headers=a, data={"speaker_id": "carol"}, files=carol).status_code == 200
     assert client.get("/speakers/carol", headers=b).status_code == 404
-    probe = [wav(SPEECH["librispeech_3080"][1])]
+    probe = [wav_part(SPEECH["librispeech_3080"][1])]
     assert client.post("/verify", headers=b, data={"speaker_id": "carol"}, files=probe).status_code == 404
     assert "carol" not in [
         c["speaker_id"] for c in client.post("/identify", headers=b, files=probe).json()["candidates"]
@@ -248,23 +238,23 @@ def test_tenants_never_see_each_others_speakers(client: TestClient, settings: Se
 
     # verify against the other tenant's speaker: it does not exist
     r = client.post(
-        "/verify", headers=a, data={"speaker_id": "bob"}, files=[wav(SPEECH["librispeech_2033"][1])]
+        "/verify", headers=a, data={"speaker_id": "bob"}, files=[wav_part(SPEECH["librispeech_2033"][1])]
     )
     assert r.status_code == 404
     assert r.json()["code"] == "speaker_not_found"
 
     # identify searches the caller's tenant only (the replica-local indexes are kept apart)
     found_a = client.post(
-        "/identify", headers=a, files=[wav(SPEECH["librispeech_2033"][1])], data={"top_k": "10"}
+        "/identify", headers=a, files=[wav_part(SPEECH["librispeech_2033"][1])], data={"top_k": "10"}
     ).json()
     assert [c["speaker_id"] for c in found_a["candidates"]] == ["alice"]
     assert found_a["searched"] == 1
     found_b = client.post(
-        "/identify", headers=b, files=[wav(SPEECH["librispeech_2033"][1])], data={"top_k": "10"}
+        "/identify", headers=b, files=[wav_part(SPEECH["librispeech_2033"][1])], data={"top_k": "10"}
     ).json()
     assert sorted(c["speaker_id"] for c in found_b["candidates"]) == ["alice", "bob"]
     with_candidates = client.post(
-        "/identify", headers=a, files=[wav(SPEECH["vctk_p225"][1])], data={"candidates": "alice,bob"}
+        "/identify", headers=a, files=[wav_part(SPEECH["vctk_p225"][1])], data={"candidates": "alice,bob"}
     ).json()
     assert [c["speaker_id"] for c in with_candidates["candidates"]] == ["alice"]
     assert with_candidates["warnings"][0]["code"] == "unknown_candidates"

@@ -20,7 +20,6 @@ from app.core.settings import Settings
 from app.store.keys import api_key_key
 from tests.support.access import audit_events, bearer, new_key
 from tests.support.data import speech_files, wav_part
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess, redis_snapshot, settings_for
 from tests.support.service import run_voxgate
 
@@ -37,11 +36,6 @@ ENDPOINTS: list[tuple[str, str, Scope, dict[str, object]]] = [
     ("GET", "/speakers/alice/export", Scope.EXPORT, {}),
     ("DELETE", "/speakers/alice", Scope.DELETE, {}),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

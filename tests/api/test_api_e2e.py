@@ -27,10 +27,6 @@ SPEECH = speech_files()
 ENROLL_PER_SPEAKER = 2
 
 
-def wav(path: Path, field: str = "audio") -> tuple[str, tuple[str, bytes, str]]:
-    return wav_part(path, field)
-
-
 @pytest.fixture(scope="module")
 def settings(redis_server: RedisProcess) -> Settings:
     return settings_for(redis_server.url, default_model_dir())
@@ -62,14 +58,14 @@ def scores(client: TestClient | httpx.Client) -> dict[Path, dict[str, float]]:
     """Every held-out recording's cosine to every enrolled speaker (one identify call each)."""
     for speaker, files in SPEECH.items():
         r = client.post(
-            "/enroll", data={"speaker_id": speaker}, files=[wav(f) for f in files[:ENROLL_PER_SPEAKER]]
+            "/enroll", data={"speaker_id": speaker}, files=[wav_part(f) for f in files[:ENROLL_PER_SPEAKER]]
         )
         assert r.status_code == 200, r.text
         assert r.json()["warnings"] == [], r.json()  # two recordings of one speaker agree
     out: dict[Path, dict[str, float]] = {}
     for files in SPEECH.values():
         for f in files[ENROLL_PER_SPEAKER:]:
-            r = client.post("/identify", files=[wav(f)], data={"top_k": str(len(SPEECH))})
+            r = client.post("/identify", files=[wav_part(f)], data={"top_k": str(len(SPEECH))})
             assert r.status_code == 200, r.text
             out[f] = {c["speaker_id"]: c["score"] for c in r.json()["candidates"]}
     return out
@@ -97,7 +93,7 @@ def test_identification_picks_the_right_speaker(
     # and the service's own decision (best candidate at/above the default threshold)
     accepted = 0
     for f in list(scores)[::4]:
-        body = client.post("/identify", files=[wav(f)]).json()
+        body = client.post("/identify", files=[wav_part(f)]).json()
         assert body["threshold"] == threshold
         accepted += body["speaker_id"] == f.parent.name
     checked = len(list(scores)[::4])
@@ -114,23 +110,26 @@ def test_verify_agrees_with_identify_and_compares_two_recordings(
 ) -> None:
     probe = SPEECH["vctk_p226"][ENROLL_PER_SPEAKER]
     for speaker in ("vctk_p226", "vctk_p225", "librispeech_1688"):
-        body = client.post("/verify", data={"speaker_id": speaker}, files=[wav(probe)]).json()
+        body = client.post("/verify", data={"speaker_id": speaker}, files=[wav_part(probe)]).json()
         assert body["score"] == pytest.approx(scores[probe][speaker], abs=1e-5)
         assert body["match"] is (body["score"] >= body["threshold"])
     assert (
-        client.post("/verify", data={"speaker_id": "vctk_p226"}, files=[wav(probe)]).json()["match"] is True
+        client.post("/verify", data={"speaker_id": "vctk_p226"}, files=[wav_part(probe)]).json()["match"]
+        is True
     )
     same = SPEECH["librispeech_533"]
-    pair_same = client.post("/verify", files=[wav(same[3]), wav(same[4], "reference")]).json()
-    pair_diff = client.post("/verify", files=[wav(same[3]), wav(SPEECH["vctk_p226"][3], "reference")]).json()
+    pair_same = client.post("/verify", files=[wav_part(same[3]), wav_part(same[4], "reference")]).json()
+    pair_diff = client.post(
+        "/verify", files=[wav_part(same[3]), wav_part(SPEECH["vctk_p226"][3], "reference")]
+    ).json()
     assert pair_same["score"] > pair_diff["score"]
     assert pair_diff["match"] is False
 
 
 def test_enrollment_warns_about_a_different_voice(client: TestClient | httpx.Client) -> None:
-    r = client.post("/enroll", data={"speaker_id": "mixup"}, files=[wav(SPEECH["vctk_p225"][0])])
+    r = client.post("/enroll", data={"speaker_id": "mixup"}, files=[wav_part(SPEECH["vctk_p225"][0])])
     assert r.json()["warnings"] == []
-    r = client.post("/enroll", data={"speaker_id": "mixup"}, files=[wav(SPEECH["librispeech_2033"][0])])
+    r = client.post("/enroll", data={"speaker_id": "mixup"}, files=[wav_part(SPEECH["librispeech_2033"][0])])
     body = r.json()
     assert [w["code"] for w in body["warnings"]] == ["unlike_voiceprint"]
     assert body["utterances"] == 2  # still added: the warning is advice, not a refusal
@@ -144,8 +143,8 @@ def test_unenrolled_voice_is_nobody(redis_server: RedisProcess) -> None:
         held_out = "librispeech_1998"
         for speaker, files in SPEECH.items():
             if speaker != held_out:
-                client.post("/enroll", data={"speaker_id": speaker}, files=[wav(f) for f in files[:2]])
-        answers = [client.post("/identify", files=[wav(f)]).json() for f in SPEECH[held_out]]
+                client.post("/enroll", data={"speaker_id": speaker}, files=[wav_part(f) for f in files[:2]])
+        answers = [client.post("/identify", files=[wav_part(f)]).json() for f in SPEECH[held_out]]
     nobody = [a["speaker_id"] is None for a in answers]
     print(f"\nopen set: {sum(nobody)}/{len(nobody)} recordings of the unenrolled {held_out} -> nobody")
     assert np.mean(nobody) >= 0.75

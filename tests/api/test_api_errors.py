@@ -20,7 +20,6 @@ from app.api.multipart import read_multipart
 from app.core.errors import AudioTooLarge
 from app.core.settings import Settings
 from tests.support.data import encode, short_speech, speech_files, wav_bytes, wav_part
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import OwnRedis, RedisProcess, redis_snapshot, settings_for
 
 MAX_UPLOAD = 600_000  # bytes: a few seconds of 16-bit audio fit, a minute does not
@@ -29,11 +28,6 @@ MAX_SECONDS = 20.0
 SPEECH = speech_files()
 WAV_A = SPEECH["vctk_p225"][0]
 WAV_B = SPEECH["vctk_p226"][0]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

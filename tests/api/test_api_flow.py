@@ -22,15 +22,6 @@ from tests.support.redis_server import RedisProcess, redis_snapshot, set_thresho
 SPEECH = speech_files()
 
 
-def wav(path: Path) -> tuple[str, tuple[str, bytes, str]]:
-    return wav_part(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
 @pytest.fixture
 def settings(redis_server: RedisProcess, tiny_model: Path) -> Settings:
     return settings_for(redis_server.url, tiny_model)
@@ -56,7 +47,7 @@ def test_the_start_up_heap_is_left_out_of_full_collections_while_serving(setting
 def test_enroll_get_list_delete(client: TestClient, settings: Settings) -> None:
     files = SPEECH["librispeech_1688"]
     r = client.post(
-        "/enroll", data={"speaker_id": "alice", "metadata": '{"dept": "sales"}'}, files=[wav(files[0])]
+        "/enroll", data={"speaker_id": "alice", "metadata": '{"dept": "sales"}'}, files=[wav_part(files[0])]
     )
     assert r.status_code == 200, r.text
     first = r.json()
@@ -68,7 +59,7 @@ def test_enroll_get_list_delete(client: TestClient, settings: Settings) -> None:
     assert first["remaining_speech_seconds"] == pytest.approx(8.0 - first["speech_seconds"], abs=1e-3)
     assert first["model"].startswith("tiny-test@")
 
-    r = client.post("/enroll", data={"speaker_id": "alice"}, files=[wav(f) for f in files[1:4]])
+    r = client.post("/enroll", data={"speaker_id": "alice"}, files=[wav_part(f) for f in files[1:4]])
     second = r.json()
     assert second["created"] is False
     assert second["utterances"] == 4
@@ -76,8 +67,8 @@ def test_enroll_get_list_delete(client: TestClient, settings: Settings) -> None:
     assert second["enrolled"] is True
     assert second["remaining_speech_seconds"] == 0.0
 
-    client.post("/enroll", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p226"][0])])
-    client.post("/enroll", data={"speaker_id": "carol"}, files=[wav(SPEECH["vctk_p225"][0])])
+    client.post("/enroll", data={"speaker_id": "bob"}, files=[wav_part(SPEECH["vctk_p226"][0])])
+    client.post("/enroll", data={"speaker_id": "carol"}, files=[wav_part(SPEECH["vctk_p225"][0])])
 
     speaker = client.get("/speakers/alice").json()
     assert speaker["utterances"] == 4
@@ -98,7 +89,7 @@ def test_enroll_get_list_delete(client: TestClient, settings: Settings) -> None:
     assert client.get("/speakers/alice").status_code == 404
     keys = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
     assert not [k for k in keys if b"alice" in k]
-    identify = client.post("/identify", files=[wav(files[0])], data={"top_k": "10"}).json()
+    identify = client.post("/identify", files=[wav_part(files[0])], data={"top_k": "10"}).json()
     assert "alice" not in [c["speaker_id"] for c in identify["candidates"]]
 
 
@@ -106,10 +97,12 @@ def test_verify_and_identify_shapes(client: TestClient, settings: Settings) -> N
     # Any threshold a request asks for, here: this tests the answers' shapes (tests/access the floor).
     set_threshold_policy(settings, settings.tenant, floor=-1.0)
     p225 = SPEECH["vctk_p225"]
-    client.post("/enroll", data={"speaker_id": "p225"}, files=[wav(p225[0]), wav(p225[1])])
-    client.post("/enroll", data={"speaker_id": "p226"}, files=[wav(SPEECH["vctk_p226"][0])])
+    client.post("/enroll", data={"speaker_id": "p225"}, files=[wav_part(p225[0]), wav_part(p225[1])])
+    client.post("/enroll", data={"speaker_id": "p226"}, files=[wav_part(SPEECH["vctk_p226"][0])])
 
-    v = client.post("/verify", data={"speaker_id": "p225", "threshold": "-1"}, files=[wav(p225[2])]).json()
+    v = client.post(
+        "/verify", data={"speaker_id": "p225", "threshold": "-1"}, files=[wav_part(p225[2])]
+    ).json()
     assert v["speaker_id"] == "p225"
     assert v["score_type"] == "cosine"
     assert -1.0 <= v["score"] <= 1.0
@@ -117,20 +110,20 @@ def test_verify_and_identify_shapes(client: TestClient, settings: Settings) -> N
     assert v["threshold_source"] == "request"
     assert v["match"] is True
     assert v["warnings"] == []  # two VCTK recordings hold more than 8 s of speech
-    partial = client.post("/verify", data={"speaker_id": "p226"}, files=[wav(p225[2])]).json()
+    partial = client.post("/verify", data={"speaker_id": "p226"}, files=[wav_part(p225[2])]).json()
     assert partial["warnings"][0]["code"] == "not_fully_enrolled"
     assert (partial["threshold"], partial["threshold_source"]) == (0.5, "model")  # the tiny model's
 
     pair = client.post(
         "/verify",
-        files=[wav(p225[2]), ("reference", ("ref.wav", wav_bytes(p225[3]), "audio/wav"))],
+        files=[wav_part(p225[2]), ("reference", ("ref.wav", wav_bytes(p225[3]), "audio/wav"))],
         data={"threshold": "1.0"},
     ).json()
     assert pair["speaker_id"] is None
     assert pair["reference"] == "ref.wav"
     assert pair["match"] is (pair["score"] >= 1.0)
 
-    ident = client.post("/identify", files=[wav(p225[2])], data={"top_k": "1", "threshold": "-1"}).json()
+    ident = client.post("/identify", files=[wav_part(p225[2])], data={"top_k": "1", "threshold": "-1"}).json()
     assert len(ident["candidates"]) == 1
     assert ident["speaker_id"] == ident["candidates"][0]["speaker_id"]
     assert ident["searched"] == 2
@@ -138,17 +131,17 @@ def test_verify_and_identify_shapes(client: TestClient, settings: Settings) -> N
     warned = {"p225": [], "p226": ["not_fully_enrolled"]}[ident["speaker_id"]]
     assert [w["code"] for w in ident["warnings"]] == warned
     weak = client.post(
-        "/identify", files=[wav(SPEECH["vctk_p226"][1])], data={"candidates": "p226", "threshold": "-1"}
+        "/identify", files=[wav_part(SPEECH["vctk_p226"][1])], data={"candidates": "p226", "threshold": "-1"}
     ).json()
     assert weak["speaker_id"] == "p226"
     assert [w["code"] for w in weak["warnings"]] == ["not_fully_enrolled"]
-    nobody = client.post("/identify", files=[wav(p225[2])], data={"threshold": "1.0"}).json()
+    nobody = client.post("/identify", files=[wav_part(p225[2])], data={"threshold": "1.0"}).json()
     assert nobody["speaker_id"] is None
     assert nobody["score"] is None
     scores = [c["score"] for c in nobody["candidates"]]
     assert scores == sorted(scores, reverse=True)
     restricted = client.post(
-        "/identify", files=[wav(p225[2])], data={"candidates": ["p226", "ghost"], "threshold": "-1"}
+        "/identify", files=[wav_part(p225[2])], data={"candidates": ["p226", "ghost"], "threshold": "-1"}
     ).json()
     assert [c["speaker_id"] for c in restricted["candidates"]] == ["p226"]
     assert restricted["searched"] == 1
@@ -165,7 +158,7 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
     assert body["precision"] == "fp32"  # models/default
     assert all(body["checks"].values())
 
-    client.post("/identify", files=[wav(SPEECH["vctk_p225"][0])])
+    client.post("/identify", files=[wav_part(SPEECH["vctk_p225"][0])])
     metrics = client.get("/metrics").text
     assert 'voxgate_http_requests_total{method="POST",route="/identify",status="200"}' in metrics
     assert "voxgate_engine_batch_size" in metrics
@@ -188,7 +181,7 @@ def test_other_model_does_not_see_enrollments(
     with TestClient(create_app(settings)) as first:
         assert (
             first.post(
-                "/enroll", data={"speaker_id": "dora"}, files=[wav(SPEECH["vctk_p225"][0])]
+                "/enroll", data={"speaker_id": "dora"}, files=[wav_part(SPEECH["vctk_p225"][0])]
             ).status_code
             == 200
         )
@@ -198,11 +191,11 @@ def test_other_model_does_not_see_enrollments(
         assert r.json()["other_models"][0].startswith("tiny-test@")
         assert "other model" in r.json()["detail"]
         assert second.get("/speakers").json()["total"] == 0
-        ident = second.post("/identify", files=[wav(SPEECH["vctk_p225"][0])]).json()
+        ident = second.post("/identify", files=[wav_part(SPEECH["vctk_p225"][0])]).json()
         assert ident["candidates"] == []
         assert (
             second.post(
-                "/verify", data={"speaker_id": "dora"}, files=[wav(SPEECH["vctk_p225"][0])]
+                "/verify", data={"speaker_id": "dora"}, files=[wav_part(SPEECH["vctk_p225"][0])]
             ).status_code
             == 404
         )
@@ -215,16 +208,20 @@ def test_other_model_does_not_see_enrollments(
 def test_two_replicas_see_each_others_enrollments(settings: Settings) -> None:
     with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
         assert (
-            a.post("/enroll", data={"speaker_id": "eve"}, files=[wav(SPEECH["vctk_p225"][0])]).status_code
+            a.post(
+                "/enroll", data={"speaker_id": "eve"}, files=[wav_part(SPEECH["vctk_p225"][0])]
+            ).status_code
             == 200
         )
         assert (
-            b.post("/enroll", data={"speaker_id": "finn"}, files=[wav(SPEECH["vctk_p226"][0])]).status_code
+            b.post(
+                "/enroll", data={"speaker_id": "finn"}, files=[wav_part(SPEECH["vctk_p226"][0])]
+            ).status_code
             == 200
         )
 
         def indexed(client: TestClient) -> set[str]:
-            r = client.post("/identify", files=[wav(SPEECH["vctk_p225"][1])], data={"top_k": "10"})
+            r = client.post("/identify", files=[wav_part(SPEECH["vctk_p225"][1])], data={"top_k": "10"})
             return {c["speaker_id"] for c in r.json()["candidates"]}
 
         # sync interval 0.05 s: both must see both within one second
@@ -243,7 +240,7 @@ def test_two_replicas_see_each_others_enrollments(settings: Settings) -> None:
 
 
 def test_tiny_dim_is_what_the_store_keeps(client: TestClient, settings: Settings) -> None:
-    client.post("/enroll", data={"speaker_id": "gil"}, files=[wav(SPEECH["vctk_p225"][0])])
+    client.post("/enroll", data={"speaker_id": "gil"}, files=[wav_part(SPEECH["vctk_p225"][0])])
     snapshot = redis_snapshot(settings.redis_url or "", settings.redis_namespace)
     assert any(k.endswith(b":spk:gil") for k in snapshot)
     import redis
@@ -261,7 +258,7 @@ def test_fifty_concurrent_enrollments_through_the_api(settings: Settings) -> Non
     files = SPEECH["librispeech_533"]
     warned = settings.model_copy(update={"duplicate_enrollment": "warn"})
     with TestClient(create_app(warned), raise_server_exceptions=False) as client:
-        single = client.post("/enroll", data={"speaker_id": "solo"}, files=[wav(files[0])]).json()
+        single = client.post("/enroll", data={"speaker_id": "solo"}, files=[wav_part(files[0])]).json()
         answers = _enroll_at_once(client, "crowd", files[0], 50)
         assert [r.status_code for r in answers] == [200] * 50
         assert sorted(len(r.json()["warnings"]) for r in answers) == [0] + [1] * 49
@@ -278,7 +275,7 @@ def _enroll_at_once(client: TestClient, speaker_id: str, path: Path, n: int) -> 
     answers: list[Any] = []
 
     def enroll() -> None:
-        answers.append(client.post("/enroll", data={"speaker_id": speaker_id}, files=[wav(path)]))
+        answers.append(client.post("/enroll", data={"speaker_id": speaker_id}, files=[wav_part(path)]))
 
     threads = [threading.Thread(target=enroll) for _ in range(n)]
     for t in threads:
@@ -294,6 +291,6 @@ def _check_crowd(client: TestClient, path: Path, single: dict[str, Any]) -> None
     assert crowd["utterances"] == 50
     assert crowd["speech_seconds"] == pytest.approx(50 * single["speech_seconds"], abs=1e-3)
     # the same recording 50 times: the voiceprint points where the single one does
-    v = client.post("/verify", data={"speaker_id": "crowd"}, files=[wav(files[0])]).json()
-    w = client.post("/verify", data={"speaker_id": "solo"}, files=[wav(files[0])]).json()
+    v = client.post("/verify", data={"speaker_id": "crowd"}, files=[wav_part(files[0])]).json()
+    w = client.post("/verify", data={"speaker_id": "solo"}, files=[wav_part(files[0])]).json()
     assert v["score"] == pytest.approx(w["score"], abs=1e-5)

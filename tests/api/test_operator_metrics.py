@@ -5,7 +5,6 @@ endpoint, and the enrolled-speakers gauge - against a real redis-server, the rea
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -20,7 +19,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.access.auth import ApiKeys
 from app.api.factory import create_app
 from app.api.middleware import OTHER_PROBLEM, RequestContextMiddleware, problem_label
 from app.api.problems import install_problem_handlers
@@ -28,38 +26,12 @@ from app.core.errors import OVERLOAD_REASONS, Overloaded, RateLimited
 from app.core.logs import configure_logging
 from app.core.settings import Settings
 from app.engine import ipc
-from app.store.connection import redis_client
-from tests.support.data import REPO_ROOT, speech_files, wav_bytes
-from tests.support.models import build_tiny_model
+from tests.support.access import bearer, new_key
+from tests.support.data import REPO_ROOT, speech_files, wav_part
 from tests.support.redis_server import RedisProcess, settings_for
 from tests.support.service import LiveService, run_voxgate
 
 SPEECH = speech_files()
-
-
-def wav(path: Path, field: str = "audio") -> tuple[str, tuple[str, bytes, str]]:
-    return (field, (path.name, wav_bytes(path), "audio/wav"))
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def new_key(settings: Settings, tenant: str, **limits: Any) -> tuple[str, str]:
-    async def create() -> tuple[str, str]:
-        client = redis_client(settings.redis_url or "")
-        try:
-            record, secret = await ApiKeys(client, settings.redis_namespace).create(tenant, "tests", **limits)
-            return record.key_id, secret
-        finally:
-            await client.aclose()
-
-    return asyncio.run(create())
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
@@ -126,7 +98,7 @@ def test_an_overload_refusal_is_counted_by_its_reason(
     settings = settings_for(redis_server.url, tiny_model, request_timeout_s=1e-9)
     registry = CollectorRegistry()
     with TestClient(create_app(settings, registry=registry), raise_server_exceptions=False) as c:
-        refused = c.post("/verify", data={"speaker_id": "x"}, files=[wav(SPEECH["vctk_p225"][0])])
+        refused = c.post("/verify", data={"speaker_id": "x"}, files=[wav_part(SPEECH["vctk_p225"][0])])
     assert (refused.status_code, refused.json()["code"]) == (429, "overloaded")
     assert problems(registry, "overloaded") == 1
     assert registry.get_sample_value("voxgate_overload_refusals_total", {"reason": "expected_wait"}) == 1
@@ -187,12 +159,14 @@ def test_decisions_and_scores_are_counted_per_endpoint(redis_server: RedisProces
     registry = CollectorRegistry()
     enrolled, other = SPEECH["vctk_p225"][0], SPEECH["vctk_p225"][1]
     with TestClient(create_app(settings, registry=registry)) as c:
-        assert c.post("/enroll", data={"speaker_id": "alice"}, files=[wav(enrolled)]).status_code == 200
-        same = c.post("/verify", data={"speaker_id": "alice"}, files=[wav(enrolled)]).json()
+        assert c.post("/enroll", data={"speaker_id": "alice"}, files=[wav_part(enrolled)]).status_code == 200
+        same = c.post("/verify", data={"speaker_id": "alice"}, files=[wav_part(enrolled)]).json()
         # A stricter threshold than any score of two recordings: no match.
-        strict = c.post("/verify", data={"speaker_id": "alice", "threshold": "1"}, files=[wav(other)]).json()
-        named = c.post("/identify", files=[wav(enrolled)]).json()
-        nobody = c.post("/identify", data={"threshold": "1"}, files=[wav(other)]).json()
+        strict = c.post(
+            "/verify", data={"speaker_id": "alice", "threshold": "1"}, files=[wav_part(other)]
+        ).json()
+        named = c.post("/identify", files=[wav_part(enrolled)]).json()
+        nobody = c.post("/identify", data={"threshold": "1"}, files=[wav_part(other)]).json()
         metrics = c.get("/metrics").text
         # While the app runs (its lifespan registers these metrics and removes them at its end).
         samples = {
@@ -226,7 +200,7 @@ def test_the_speakers_gauge_counts_every_tenant_of_the_model_from_any_replica(
     for tenant, speakers in (("t1", ["a", "b"]), ("t2", ["c"])):
         with TestClient(create_app(base.model_copy(update={"tenant": tenant}))) as c:
             for speaker in speakers:
-                files = [wav(SPEECH["vctk_p226"][0])]
+                files = [wav_part(SPEECH["vctk_p226"][0])]
                 assert c.post("/enroll", data={"speaker_id": speaker}, files=files).status_code == 200
     registry = CollectorRegistry()
     with TestClient(create_app(base.model_copy(update={"tenant": "t3"}), registry=registry)) as c:

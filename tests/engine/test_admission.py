@@ -27,7 +27,7 @@ from app.engine.engine import EmbeddingEngine, Waiting
 from app.engine.intake import AudioIntake
 from app.engine.metrics import EngineMetrics
 from tests.support.data import encode, short_speech, speech_files, wav_bytes
-from tests.support.models import FakeBackend, build_tiny_model, default_model_dir, fake_manifest
+from tests.support.models import FakeBackend, default_model_dir, fake_manifest
 from tests.support.redis_server import RedisProcess
 from tests.support.service import LiveService, multipart_body
 
@@ -40,11 +40,6 @@ def looped_speech(seconds: float) -> np.ndarray:
     piece = short_speech(3.0)
     n = round(seconds * 16000)
     return np.tile(piece, -(-n // piece.size))[:n].astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def send_headers(port: int, path: str, content_length: int | None, extra: str = "") -> socket.socket:

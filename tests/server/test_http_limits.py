@@ -38,7 +38,6 @@ from app.server.protocol import (
     fit_to_fd_limit,
 )
 from tests.support.data import REPO_ROOT, speech_files
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -123,11 +122,6 @@ def _start_serve(model: Path, workdir: Path, env: dict[str, str]) -> Serve:
         time.sleep(0.1)
     proc.kill()
     raise AssertionError("serve did not become ready")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

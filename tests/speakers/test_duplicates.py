@@ -12,15 +12,9 @@ from fastapi.testclient import TestClient
 
 from app.api.factory import create_app
 from tests.support.data import speech_files, wav_part
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess, redis_snapshot, settings_for
 
 SPEECH = speech_files()["vctk_p225"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def flac_part(path: Path) -> tuple[str, tuple[str, bytes, str]]:

@@ -9,23 +9,16 @@ import json
 import secrets
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from app.access.scopes import Scope
 from app.api.factory import create_app
 from tests.support.access import audit_events, bearer, new_key
 from tests.support.data import speech_files, wav_part
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess, settings_for
 from tests.support.service import run_voxgate
 
 SPEECH = speech_files()["librispeech_1688"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def test_everything_held_about_a_speaker_but_the_voiceprint(

@@ -22,7 +22,6 @@ from app.speakers.policy import Policy
 from app.store.thresholds import ThresholdOverrides
 from tests.support.access import audit_events, bearer, new_key
 from tests.support.data import speech_files, wav_part
-from tests.support.models import build_tiny_model
 from tests.support.redis_server import RedisProcess, settings_for
 from tests.support.service import run_voxgate
 
@@ -100,9 +99,6 @@ def test_a_policy_that_cannot_mean_anything_is_refused_or_ignored() -> None:
 
 
 # --- through the app ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))  # default_threshold 0.5
 
 
 @pytest.fixture

@@ -17,22 +17,12 @@ from app.api.factory import create_app
 from app.core.crypto import sealed_version
 from app.core.settings import url_with_password, url_without_password
 from app.core.settings_errors import InvalidSettings, load_settings
-from tests.support.data import speech_files, wav_bytes
-from tests.support.models import build_tiny_model
+from tests.support.data import speech_files, wav_part
 from tests.support.redis_server import OwnRedis, RedisProcess, settings_for
 from tests.support.service import LiveService, run_voxgate
 
 SPEECH = speech_files()
 KEY = "2f" * 32  # a valid 256-bit key (64 hex digits)
-
-
-def wav(path: Path) -> tuple[str, tuple[str, bytes, str]]:
-    return ("audio", (path.name, wav_bytes(path), "audio/wav"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture
@@ -170,7 +160,7 @@ def test_a_served_process_reads_its_secrets_from_files(
                 assert password.encode() not in environment
                 assert KEY.encode() not in environment
             enrolled = httpx.post(
-                f"{svc.url}/enroll", data={"speaker_id": "s"}, files=[wav(SPEECH["vctk_p225"][0])]
+                f"{svc.url}/enroll", data={"speaker_id": "s"}, files=[wav_part(SPEECH["vctk_p225"][0])]
             )
             assert enrolled.status_code == 200, enrolled.text
             namespace = svc.env["VOXGATE_REDIS_NAMESPACE"]
@@ -203,16 +193,20 @@ def test_a_redis_at_its_memory_limit_refuses_writes_with_507_and_keeps_reads(
     try:
         settings = settings_for(own.url, tiny_model)
         with TestClient(create_app(settings)) as c:
-            assert c.post("/enroll", data={"speaker_id": "a"}, files=[wav(SPEECH["vctk_p225"][0])]).is_success
+            assert c.post(
+                "/enroll", data={"speaker_id": "a"}, files=[wav_part(SPEECH["vctk_p225"][0])]
+            ).is_success
             raw = own.client()
             raw.config_set("maxmemory", int(raw.info("memory")["used_memory"]) + 1024)
-            full = c.post("/enroll", data={"speaker_id": "b"}, files=[wav(SPEECH["vctk_p226"][0])])
+            full = c.post("/enroll", data={"speaker_id": "b"}, files=[wav_part(SPEECH["vctk_p226"][0])])
             assert full.status_code == 507
             assert full.json()["code"] == "store_full"
             assert c.get("/speakers/a").status_code == 200  # reads go on
             assert c.get("/speakers/b").status_code == 404  # nothing of the refused enrollment
             raw.config_set("maxmemory", 0)
-            assert c.post("/enroll", data={"speaker_id": "b"}, files=[wav(SPEECH["vctk_p226"][0])]).is_success
+            assert c.post(
+                "/enroll", data={"speaker_id": "b"}, files=[wav_part(SPEECH["vctk_p226"][0])]
+            ).is_success
             raw.close()
     finally:
         own.stop()

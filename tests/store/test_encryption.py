@@ -20,21 +20,11 @@ from app.store import vault as vault_module
 from app.store.connection import redis_client
 from app.store.retention import RetentionSweeper
 from app.store.vault import VaultError
-from tests.support.data import speech_files, wav_bytes
-from tests.support.models import build_tiny_model
+from tests.support.data import speech_files, wav_bytes, wav_part
 from tests.support.redis_server import RedisProcess, set_threshold_policy, settings_for
 from tests.support.service import LiveService, run_voxgate
 
 SPEECH = speech_files()
-
-
-def wav(path: Path) -> tuple[str, tuple[str, bytes, str]]:
-    return ("audio", (path.name, wav_bytes(path), "audio/wav"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def speaker_hashes(settings: Settings) -> dict[bytes, dict[bytes, bytes]]:
@@ -63,10 +53,10 @@ def test_voiceprints_are_sealed_and_bound_to_their_key(redis_server: RedisProces
         r = client.post(
             "/enroll",
             data={"speaker_id": "alice", "metadata": '{"employee": "A-17"}'},
-            files=[wav(SPEECH["vctk_p225"][0]), wav(SPEECH["vctk_p225"][1])],
+            files=[wav_part(SPEECH["vctk_p225"][0]), wav_part(SPEECH["vctk_p225"][1])],
         )
         assert r.status_code == 200, r.text
-        client.post("/enroll", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p226"][0])])
+        client.post("/enroll", data={"speaker_id": "bob"}, files=[wav_part(SPEECH["vctk_p226"][0])])
         stored = speaker_hashes(settings)
         assert len(stored) == 2
         for fields in stored.values():
@@ -76,9 +66,11 @@ def test_voiceprints_are_sealed_and_bound_to_their_key(redis_server: RedisProces
         assert b"A-17" not in b"".join(alice.values())
         # The service reads it back: record, verify and identify work on the decrypted vectors.
         assert client.get("/speakers/alice").json()["metadata"] == {"employee": "A-17"}
-        v = client.post("/verify", data={"speaker_id": "alice"}, files=[wav(SPEECH["vctk_p225"][0])]).json()
+        v = client.post(
+            "/verify", data={"speaker_id": "alice"}, files=[wav_part(SPEECH["vctk_p225"][0])]
+        ).json()
         assert v["score"] > 0.99
-        found = client.post("/identify", files=[wav(SPEECH["vctk_p225"][1])]).json()
+        found = client.post("/identify", files=[wav_part(SPEECH["vctk_p225"][1])]).json()
         assert {c["speaker_id"] for c in found["candidates"]} == {"alice", "bob"}
         # A sealed value copied under another speaker's key does not open there: that speaker is gone,
         # not silently turned into alice.
@@ -89,16 +81,18 @@ def test_voiceprints_are_sealed_and_bound_to_their_key(redis_server: RedisProces
         assert client.get("/speakers/bob").status_code == 404
         assert (
             client.post(
-                "/verify", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p225"][0])]
+                "/verify", data={"speaker_id": "bob"}, files=[wav_part(SPEECH["vctk_p225"][0])]
             ).status_code
             == 404
         )
         # Enrolling into it starts bob afresh: nothing of what does not open is counted.
-        again = client.post("/enroll", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p226"][1])])
+        again = client.post("/enroll", data={"speaker_id": "bob"}, files=[wav_part(SPEECH["vctk_p226"][1])])
         assert again.status_code == 200
         assert (again.json()["created"], again.json()["utterances"]) == (True, 1)
         assert client.get("/speakers/bob").json()["speech_seconds"] == again.json()["speech_seconds"]
-        v = client.post("/verify", data={"speaker_id": "bob"}, files=[wav(SPEECH["vctk_p226"][1])]).json()
+        v = client.post(
+            "/verify", data={"speaker_id": "bob"}, files=[wav_part(SPEECH["vctk_p226"][1])]
+        ).json()
         assert v["score"] > 0.99
 
 
@@ -112,7 +106,7 @@ def test_concurrent_sealed_enrollments_lose_nothing(redis_server: RedisProcess, 
 
         def enroll() -> None:
             r = client.post(
-                "/enroll", data={"speaker_id": "crowd"}, files=[wav(SPEECH["librispeech_1688"][0])]
+                "/enroll", data={"speaker_id": "crowd"}, files=[wav_part(SPEECH["librispeech_1688"][0])]
             )
             statuses.append(r.status_code)
 
@@ -184,7 +178,7 @@ def test_encryption_turned_on_later_then_rotated_with_reencrypt(
     env = {"REDIS_URL": redis_server.url, "VOXGATE_REDIS_NAMESPACE": plain.redis_namespace}
     with TestClient(create_app(plain)) as client:
         for i, sid in enumerate(("a1", "a2", "a3")):
-            client.post("/enroll", data={"speaker_id": sid}, files=[wav(SPEECH["librispeech_1998"][i])])
+            client.post("/enroll", data={"speaker_id": sid}, files=[wav_part(SPEECH["librispeech_1998"][i])])
         before = {sid: client.get(f"/speakers/{sid}").json() for sid in ("a1", "a2", "a3")}
     assert not any(f[b"sum"].startswith(SEALED_MAGIC) for f in speaker_hashes(plain).values())
 
@@ -220,7 +214,7 @@ def test_encryption_turned_on_later_then_rotated_with_reencrypt(
             assert got["utterances"] == record["utterances"]
         assert (
             client.post(
-                "/verify", data={"speaker_id": "a1"}, files=[wav(SPEECH["librispeech_1998"][0])]
+                "/verify", data={"speaker_id": "a1"}, files=[wav_part(SPEECH["librispeech_1998"][0])]
             ).json()["score"]
             > 0.99
         )
@@ -245,16 +239,16 @@ def test_a_replica_still_on_the_old_key_keeps_serving_after_a_rotation(
     settings = settings_for(redis_server.url, tiny_model, voiceprint_key=first, tenant="rotating")
     env = {"REDIS_URL": redis_server.url, "VOXGATE_REDIS_NAMESPACE": settings.redis_namespace}
     with TestClient(create_app(settings)) as client:
-        client.post("/enroll", data={"speaker_id": "r1"}, files=[wav(SPEECH["vctk_p225"][0])])
+        client.post("/enroll", data={"speaker_id": "r1"}, files=[wav_part(SPEECH["vctk_p225"][0])])
         rotated = run_voxgate(
             "reencrypt", env={**env, "VOXGATE_VOICEPRINT_KEY": second, "VOXGATE_OLD_VOICEPRINT_KEY": first}
         )
         assert rotated.returncode == 0, rotated.stderr
         assert client.get("/speakers/r1").status_code == 200
-        verified = client.post("/verify", data={"speaker_id": "r1"}, files=[wav(SPEECH["vctk_p225"][0])])
+        verified = client.post("/verify", data={"speaker_id": "r1"}, files=[wav_part(SPEECH["vctk_p225"][0])])
         assert verified.status_code == 200
         assert verified.json()["score"] > 0.99
-        enrolled = client.post("/enroll", data={"speaker_id": "r2"}, files=[wav(SPEECH["vctk_p226"][0])])
+        enrolled = client.post("/enroll", data={"speaker_id": "r2"}, files=[wav_part(SPEECH["vctk_p226"][0])])
         assert enrolled.status_code == 200
     restarted = settings.model_copy(
         update={
@@ -271,7 +265,7 @@ def test_erasing_a_tenant_deletes_its_data_keys_and_everything_else(
     settings = settings_for(redis_server.url, tiny_model, voiceprint_key=new_key_text(), tenant="doomed")
     env = {"REDIS_URL": redis_server.url, "VOXGATE_REDIS_NAMESPACE": settings.redis_namespace}
     with TestClient(create_app(settings)) as client:
-        client.post("/enroll", data={"speaker_id": "x"}, files=[wav(SPEECH["vctk_p226"][0])])
+        client.post("/enroll", data={"speaker_id": "x"}, files=[wav_part(SPEECH["vctk_p226"][0])])
         assert client.get("/speakers/x").status_code == 200
         raw = redis.Redis.from_url(redis_server.url)
         assert raw.exists(f"{settings.redis_namespace}:doomed:datakeys")
@@ -288,7 +282,7 @@ def test_erasing_a_tenant_deletes_its_data_keys_and_everything_else(
         raw.close()
         assert client.get("/speakers/x").status_code == 404
         deadline = time.monotonic() + 10
-        while client.post("/identify", files=[wav(SPEECH["vctk_p226"][0])]).json()["candidates"]:
+        while client.post("/identify", files=[wav_part(SPEECH["vctk_p226"][0])]).json()["candidates"]:
             assert time.monotonic() < deadline, "the erased tenant's index rows outlived it"
             time.sleep(0.1)
 
@@ -300,24 +294,28 @@ def test_voiceprints_expire_unless_enrolled_into_or_verified(
     settings = settings_for(redis_server.url, tiny_model, retention_days=2.0 / 86400)  # two seconds
     set_threshold_policy(settings, settings.tenant, floor=-1.0)  # identify below takes any threshold
     with TestClient(create_app(settings)) as client:
-        client.post("/enroll", data={"speaker_id": "kept"}, files=[wav(SPEECH["vctk_p225"][0])])
-        client.post("/enroll", data={"speaker_id": "dropped"}, files=[wav(SPEECH["vctk_p226"][0])])
+        client.post("/enroll", data={"speaker_id": "kept"}, files=[wav_part(SPEECH["vctk_p225"][0])])
+        client.post("/enroll", data={"speaker_id": "dropped"}, files=[wav_part(SPEECH["vctk_p226"][0])])
         record = client.get("/speakers/kept").json()
         assert record["expires_at"] == pytest.approx(record["updated_at"] + 2.0, abs=0.01)
         time.sleep(1.2)
-        v = client.post("/verify", data={"speaker_id": "kept"}, files=[wav(SPEECH["vctk_p225"][0])]).json()
+        v = client.post(
+            "/verify", data={"speaker_id": "kept"}, files=[wav_part(SPEECH["vctk_p225"][0])]
+        ).json()
         assert v["match"] is True  # a successful verification starts the retention again
         assert client.get("/speakers/kept").json()["expires_at"] > record["expires_at"] + 1.0
         time.sleep(1.2)
         assert client.get("/speakers/dropped").status_code == 404  # expired: gone at once for reads
         assert client.get("/speakers/kept").status_code == 200
         # ... and for identification and the list, though its index row waits for the sweeper
-        found = client.post("/identify", data={"threshold": "-1"}, files=[wav(SPEECH["vctk_p226"][1])]).json()
+        found = client.post(
+            "/identify", data={"threshold": "-1"}, files=[wav_part(SPEECH["vctk_p226"][1])]
+        ).json()
         assert [c["speaker_id"] for c in found["candidates"]] == ["kept"]
         only = client.post(
             "/identify",
             data={"candidates": "dropped", "threshold": "-1"},
-            files=[wav(SPEECH["vctk_p226"][1])],
+            files=[wav_part(SPEECH["vctk_p226"][1])],
         ).json()
         assert only["candidates"] == []
         assert only["speaker_id"] is None
@@ -359,19 +357,21 @@ def test_enrolling_into_an_expired_voiceprint_starts_it_afresh(
         redis_server.url, tiny_model, retention_days=1.0 / 86400, tenant=f"afresh-{sealed}", **key
     )
     with TestClient(create_app(settings)) as client:
-        first = client.post("/enroll", data={"speaker_id": "gone"}, files=[wav(SPEECH["vctk_p226"][0])])
+        first = client.post("/enroll", data={"speaker_id": "gone"}, files=[wav_part(SPEECH["vctk_p226"][0])])
         assert first.json()["utterances"] == 1
         time.sleep(1.2)
-        anew = client.post("/enroll", data={"speaker_id": "gone"}, files=[wav(SPEECH["vctk_p225"][1])])
+        anew = client.post("/enroll", data={"speaker_id": "gone"}, files=[wav_part(SPEECH["vctk_p225"][1])])
         assert (anew.json()["created"], anew.json()["utterances"]) == (True, 1)
-        v = client.post("/verify", data={"speaker_id": "gone"}, files=[wav(SPEECH["vctk_p225"][1])]).json()
+        v = client.post(
+            "/verify", data={"speaker_id": "gone"}, files=[wav_part(SPEECH["vctk_p225"][1])]
+        ).json()
         assert v["score"] > 0.99  # only the new recording in it
 
 
 def test_no_retention_means_no_expiry(redis_server: RedisProcess, tiny_model: Path) -> None:
     settings = settings_for(redis_server.url, tiny_model, retention_days=0)
     with TestClient(create_app(settings)) as client:
-        client.post("/enroll", data={"speaker_id": "forever"}, files=[wav(SPEECH["vctk_p225"][0])])
+        client.post("/enroll", data={"speaker_id": "forever"}, files=[wav_part(SPEECH["vctk_p225"][0])])
         assert client.get("/speakers/forever").json()["expires_at"] is None
 
 

@@ -18,21 +18,11 @@ from app.store.connection import redis_client
 from app.store.keys import KeySchema, last_use_converted_key
 from app.store.redis_store import RedisVoiceprintStore
 from app.store.retention import RetentionSweeper
-from tests.support.data import speech_files, wav_bytes
-from tests.support.models import build_tiny_model
+from tests.support.data import speech_files, wav_part
 from tests.support.redis_server import RedisProcess, settings_for
 
 SPEECH = speech_files()
 DAY = 86400.0
-
-
-def wav(path: Path) -> tuple[str, tuple[str, bytes, str]]:
-    return ("audio", (path.name, wav_bytes(path), "audio/wav"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def sweep(settings: Settings) -> int:
@@ -57,7 +47,9 @@ def test_a_lowered_retention_applies_to_voiceprints_already_stored(
 ) -> None:
     kept_long = settings_for(redis_server.url, tiny_model, retention_days=30)
     with TestClient(create_app(kept_long)) as c:
-        assert c.post("/enroll", data={"speaker_id": "old"}, files=[wav(SPEECH["vctk_p225"][0])]).is_success
+        assert c.post(
+            "/enroll", data={"speaker_id": "old"}, files=[wav_part(SPEECH["vctk_p225"][0])]
+        ).is_success
         before = c.get("/speakers/old").json()
     assert before["expires_at"] == pytest.approx(before["updated_at"] + 30 * DAY, abs=0.01)
     time.sleep(1.2)
@@ -65,9 +57,11 @@ def test_a_lowered_retention_applies_to_voiceprints_already_stored(
     with TestClient(create_app(lowered)) as c:
         assert c.get("/speakers/old").status_code == 404  # last used over a second ago: expired now
         assert c.get("/speakers").json()["total"] == 0
-        found = c.post("/identify", files=[wav(SPEECH["vctk_p225"][0])]).json()
+        found = c.post("/identify", files=[wav_part(SPEECH["vctk_p225"][0])]).json()
         assert (found["candidates"], found["searched"]) == ([], 0)
-        assert c.post("/enroll", data={"speaker_id": "new"}, files=[wav(SPEECH["vctk_p226"][0])]).is_success
+        assert c.post(
+            "/enroll", data={"speaker_id": "new"}, files=[wav_part(SPEECH["vctk_p226"][0])]
+        ).is_success
         assert c.get("/speakers/new").status_code == 200
         assert sweep(lowered) == 1  # "old" deleted for good; "new" is younger than a second
         assert [s["speaker_id"] for s in c.get("/speakers").json()["items"]] == ["new"]
@@ -78,7 +72,9 @@ def test_a_raised_retention_keeps_what_the_old_one_would_have_expired(
 ) -> None:
     short = settings_for(redis_server.url, tiny_model, retention_days=1.0 / DAY)
     with TestClient(create_app(short)) as c:
-        assert c.post("/enroll", data={"speaker_id": "s"}, files=[wav(SPEECH["vctk_p225"][0])]).is_success
+        assert c.post(
+            "/enroll", data={"speaker_id": "s"}, files=[wav_part(SPEECH["vctk_p225"][0])]
+        ).is_success
         enrolled_at = c.get("/speakers/s").json()["updated_at"]
     time.sleep(1.2)
     raised = short.model_copy(update={"retention_days": 10})
@@ -93,7 +89,7 @@ def test_voiceprints_of_an_older_version_get_a_last_use(redis_server: RedisProce
     settings = settings_for(redis_server.url, tiny_model, retention_days=10)
     with TestClient(create_app(settings)) as c:
         for speaker in ("fixed", "unlimited"):
-            files = [wav(SPEECH["vctk_p226"][0])]
+            files = [wav_part(SPEECH["vctk_p226"][0])]
             assert c.post("/enroll", data={"speaker_id": speaker}, files=files).is_success
         model = c.get("/readyz").json()["model"]
         unlimited_enrolled = c.get("/speakers/unlimited").json()["updated_at"]
