@@ -12,13 +12,16 @@ Designs:
 * ``baseline``: the one-process service of ``--baseline-ref`` (a ``git archive`` of that commit, served
   from its own tree: the design before the front end moved into processes of its own);
 * ``w0``: this tree with ``VOXGATE_WORKERS=0`` (one process, speech detection in its engine);
-* ``w1``, ``w2``, ...: this tree with that many front-end workers and one inference process.
+* ``w1``, ``w2``, ...: this tree with that many front-end workers and one inference process;
+* ``baseline-w1``, ...: the tree of ``--baseline-ref`` with that many workers (to measure a change to the
+  multi-process design against its parent in the same run: ``--baseline-ref HEAD``).
 
 Models: ``default`` (models/default, Resemblyzer GE2E) and ``titanet-reduced`` (the reduced TitaNet-L of
 tests/data/nemo, exported once into ``--cache``; a cheap graph, so the front end's share shows).
 
 Usage:  python -m bench.bench_frontend                          # everything, about 4 minutes here
         python -m bench.bench_frontend --designs w0,w2 --models titanet-reduced --seconds 10
+        python -m bench.bench_frontend --models titanet-reduced --baseline-ref HEAD --designs baseline-w1,w1
 Loopback only; every process it starts is stopped at the end (and dies with it).
 """
 
@@ -154,9 +157,12 @@ def measure(
             "VOXGATE_AUTH": "off",
         }
     )
-    if design == "baseline":
+    env.update(args.env)
+    if design.startswith("baseline"):
         cwd = baseline_tree(args.baseline_ref, work)
         env["PYTHONPATH"] = str(cwd)
+        if design.startswith("baseline-w"):
+            env["VOXGATE_WORKERS"] = design.removeprefix("baseline-w")
     else:
         cwd = REPO
         env["VOXGATE_WORKERS"] = design.removeprefix("w")
@@ -206,7 +212,7 @@ def measure(
         p50_ms=round(pct(latencies, 50), 1),
         p99_ms=round(pct(latencies, 99), 1),
         frontend_cpu_ms=round(front, 2),
-        inference_cpu_ms=round(infer, 2) if design not in ("baseline", "w0") else None,
+        inference_cpu_ms=round(infer, 2) if design not in ("baseline", "w0", "baseline-w0") else None,
         total_cpu_ms=round(front + infer, 2),
         processes=processes,
     )
@@ -238,7 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "voxgate-bench-frontend")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=lambda kv: tuple(kv.split("=", 1)),
+        metavar="KEY=VALUE",
+        help="a setting for every served design (repeatable), e.g. VOXGATE_INTRA_OP_THREADS=1",
+    )
     args = parser.parse_args(argv)
+    args.env = dict(args.env)
     args.cache.mkdir(parents=True, exist_ok=True)
     models = {"default": REPO / "models" / "default"}
     if "titanet-reduced" in args.models.split(","):

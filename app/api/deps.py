@@ -2,20 +2,22 @@
 
 Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, and the
 handoff (a thread pool submit and wake-up per dependency) cost more CPU than the whole HTTP parsing of a
-request (docs/performance.md)."""
+request. The routes that take audio get everything from one dependency (``FormCall``): FastAPI's solving
+of the six small ones it replaced cost about 0.3 CPU-ms per request (docs/performance.md)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, cast
+from dataclasses import dataclass
+from typing import Annotated, Generic, cast
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.access.auth import Caller
 from app.access.scopes import Scope
-from app.api.forms import EnrollForm, FormT, IdentifyForm, VerifyForm, read_form
+from app.api.forms import EnrollForm, Forms, FormT, IdentifyForm, VerifyForm, read_form
 from app.api.middleware import ARRIVED_STATE_KEY, note_caller
 from app.api.multipart import declared_length
 from app.api.state import STATE_KEY, AppState
@@ -25,8 +27,12 @@ from app.engine.admission import Admitted
 from app.engine.engine import Waiting
 
 
-async def get_state(request: Request) -> AppState:
+def _state(request: Request) -> AppState:
     return cast(AppState, getattr(request.state, STATE_KEY))
+
+
+async def get_state(request: Request) -> AppState:
+    return _state(request)
 
 
 State = Annotated[AppState, Depends(get_state)]
@@ -37,16 +43,15 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API key (`voxgate k
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 
 
-async def authenticate(
-    request: Request,
-    state: State,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    api_key: Annotated[str | None, Security(api_key_scheme)],
-) -> Caller:
+# The schemes are taken only so that the OpenAPI document names them: the gate reads the raw headers.
+BearerScheme = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+ApiKeyScheme = Annotated[str | None, Security(api_key_scheme)]
+
+
+async def _caller(request: Request, state: AppState) -> Caller:
     """The caller (tenant and key) of this request: 401 without a valid key, 429 over its rate limit.
-    (``bearer`` and ``api_key`` declare the schemes in the OpenAPI document; the gate reads the raw
-    headers, every value of them.) The caller is noted for the access log as soon as its key is
-    accepted, so a rate-limited request's line names its key too."""
+    The gate reads every value of both headers. The caller is noted for the access log as soon as its
+    key is accepted, so a rate-limited request's line names its key too."""
     headers = request.headers
     return await state.gate.caller(
         headers.getlist("authorization"),
@@ -54,6 +59,10 @@ async def authenticate(
         _request_id(request),
         identified=lambda who: note_caller(request.scope.setdefault("state", {}), who.tenant, who.key_id),
     )
+
+
+async def authenticate(request: Request, state: State, bearer: BearerScheme, api_key: ApiKeyScheme) -> Caller:
+    return await _caller(request, state)
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
@@ -68,11 +77,7 @@ def _holding(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     return authorize
 
 
-# A route names the scope it needs by the caller it takes (declared first, so that the scope is checked
-# before any body is read).
-EnrollCaller = Annotated[Caller, Depends(_holding(Scope.ENROLL))]
-VerifyCaller = Annotated[Caller, Depends(_holding(Scope.VERIFY))]
-IdentifyCaller = Annotated[Caller, Depends(_holding(Scope.IDENTIFY))]
+# A route names the scope it needs by the caller it takes.
 ReadCaller = Annotated[Caller, Depends(_holding(Scope.READ))]
 DeleteCaller = Annotated[Caller, Depends(_holding(Scope.DELETE))]
 ExportCaller = Annotated[Caller, Depends(_holding(Scope.EXPORT))]
@@ -91,7 +96,7 @@ async def request_id(request: Request) -> str | None:
 RequestId = Annotated[str | None, Depends(request_id)]
 
 
-async def request_waiting(request: Request, state: State) -> Waiting:
+def _waiting(request: Request, state: AppState) -> Waiting:
     """The request's deadline (from its arrival) and how to notice its client went away."""
     arrived = getattr(request.state, ARRIVED_STATE_KEY, None) or time.monotonic()
     return Waiting(
@@ -99,30 +104,48 @@ async def request_waiting(request: Request, state: State) -> Waiting:
     )
 
 
-RequestWaiting = Annotated[Waiting, Depends(request_waiting)]
-
-
 # The pattern is declared (and enforced) by FastAPI; app.api.problems answers a mismatch with
 # 422 ``invalid_speaker_id``, as for a malformed id in a form.
 SpeakerIdPath = Annotated[str, Path(pattern=SPEAKER_ID_PATTERN, description="An enrolled speaker's id.")]
 
 
-async def admit_request(
-    request: Request, state: State, caller: CallerDep, waiting: RequestWaiting
-) -> AsyncIterator[Admitted]:
-    """Admission before the body is read (429/413 at once), after authentication: unauthenticated
-    requests never hold memory. The memory is given back when the request ends."""
-    admitted = state.admission.admit(declared_length(request), waiting.deadline)
-    try:
-        yield admitted
-    finally:
-        admitted.release()
+@dataclass(frozen=True, slots=True)
+class FormCall(Generic[FormT]):
+    """A request to a route that takes audio, authenticated, authorized, admitted and its form read."""
+
+    state: AppState
+    caller: Caller
+    request_id: str | None
+    form: FormT
+    admitted: Admitted
+    waiting: Waiting
 
 
-AdmittedRequest = Annotated[Admitted, Depends(admit_request)]
+def _form_call(
+    scope: Scope, form_of: Callable[[Forms], type[FormT]]
+) -> Callable[..., AsyncIterator[FormCall[FormT]]]:
+    async def form_call(
+        request: Request, bearer: BearerScheme, api_key: ApiKeyScheme
+    ) -> AsyncIterator[FormCall[FormT]]:
+        """In this order: the key and its scope (401/403/429 before any body is read), admission
+        (429/413 at once; unauthenticated requests never hold memory), then the form, read within the
+        request's reservation. The memory is given back when the request ends."""
+        state = _state(request)
+        request_id = _request_id(request)
+        caller = await state.gate.authorize(await _caller(request, state), scope, request_id)
+        waiting = _waiting(request, state)
+        admitted = state.admission.admit(declared_length(request), waiting.deadline)
+        try:
+            form = await _read(request, state, admitted, form_of(state.forms))
+            yield FormCall(state, caller, request_id, form, admitted, waiting)
+        finally:
+            admitted.release()
+
+    form_call.__name__ = f"{scope.name.lower()}_call"
+    return form_call
 
 
-async def _read(request: Request, state: State, admitted: Admitted, model: type[FormT]) -> FormT:
+async def _read(request: Request, state: AppState, admitted: Admitted, model: type[FormT]) -> FormT:
     """The request's form, read within its reservation: what decoding will likely need is prepaid now,
     before the body is read, so an admitted request is not refused half-way for memory."""
     settings = state.settings
@@ -142,18 +165,6 @@ async def _read(request: Request, state: State, admitted: Admitted, model: type[
     return form
 
 
-async def enroll_form(request: Request, state: State, admitted: AdmittedRequest) -> EnrollForm:
-    return await _read(request, state, admitted, state.forms.enroll)
-
-
-async def verify_form(request: Request, state: State, admitted: AdmittedRequest) -> VerifyForm:
-    return await _read(request, state, admitted, state.forms.verify)
-
-
-async def identify_form(request: Request, state: State, admitted: AdmittedRequest) -> IdentifyForm:
-    return await _read(request, state, admitted, state.forms.identify)
-
-
-EnrollFormData = Annotated[EnrollForm, Depends(enroll_form)]
-VerifyFormData = Annotated[VerifyForm, Depends(verify_form)]
-IdentifyFormData = Annotated[IdentifyForm, Depends(identify_form)]
+EnrollCall = Annotated[FormCall[EnrollForm], Depends(_form_call(Scope.ENROLL, lambda f: f.enroll))]
+VerifyCall = Annotated[FormCall[VerifyForm], Depends(_form_call(Scope.VERIFY, lambda f: f.verify))]
+IdentifyCall = Annotated[FormCall[IdentifyForm], Depends(_form_call(Scope.IDENTIFY, lambda f: f.identify))]

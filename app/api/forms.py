@@ -154,12 +154,7 @@ class Form(BaseModel):
     @classmethod
     def max_files(cls) -> int:
         """Most file parts a valid form has (the multipart reader stops beyond it)."""
-        total = 0
-        for name in cls.file_fields():
-            info = cls.model_fields[name]
-            limit = next((m.max_length for m in info.metadata if hasattr(m, "max_length")), None)
-            total += (limit or 1) if _is_list(info.annotation) else 1
-        return total
+        return _max_files(cls)
 
 
 class EnrollForm(Form):
@@ -288,14 +283,32 @@ def _file_fields(model: type[Form]) -> frozenset[str]:
     return frozenset(names)
 
 
+# What a form model's fields are is worked out once per model, not per request.
+@functools.cache
+def _max_files(model: type[Form]) -> int:
+    total = 0
+    for name in _file_fields(model):
+        info = model.model_fields[name]
+        limit = next((m.max_length for m in info.metadata if hasattr(m, "max_length")), None)
+        total += (limit or 1) if name in _list_fields(model) else 1
+    return total
+
+
+@functools.cache
+def _list_fields(model: type[Form]) -> frozenset[str]:
+    """Fields that take several values."""
+    return frozenset(name for name, info in model.model_fields.items() if _is_list(info.annotation))
+
+
 def _is_file_field(model: type[Form], name: str) -> bool:
     return name in _file_fields(model)
 
 
 def _form_input(model: type[Form], contents: FormContents) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        many = _is_list(info.annotation)
+    many_values = _list_fields(model)
+    for name in model.model_fields:
+        many = name in many_values
         if _is_file_field(model, name):
             files = contents.file_list(name)
             if not files:

@@ -8,8 +8,10 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from app.audio.decode import (
+    RESAMPLE_QUALITY,
     STREAM_HEAD_BYTES,
     TARGET_SAMPLE_RATE,
     check_declared_duration,
@@ -207,6 +209,35 @@ def test_corrupt_flac_is_invalid() -> None:
     data[4:200] = b"\x00" * 196  # destroy STREAMINFO
     with pytest.raises(InvalidAudio):
         decode_audio(bytes(data))
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("subtype", ["PCM_S8", "PCM_16", "PCM_24"])
+def test_flac_decodes_to_libsndfiles_samples_exactly(rate: int, channels: int, subtype: str) -> None:
+    """FLAC is decoded by dr_flac, the rest by libsndfile: the same file gives the same waveform."""
+    rng = np.random.default_rng(rate + channels)
+    data = _encode(np.clip(rng.standard_normal((rate, channels)) * 0.2, -1, 1), rate, "FLAC", subtype)
+    ours = decode_audio(data, content_type="audio/flac")
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        samples = f.read(dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
+    if rate != TARGET_SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, TARGET_SAMPLE_RATE, quality=RESAMPLE_QUALITY)
+    assert (ours.source_sample_rate, ours.source_channels) == (rate, channels)
+    np.testing.assert_array_equal(ours.waveform, np.clip(mono, -1.0, 1.0))
+
+
+@pytest.mark.parametrize("where", ["streaminfo", "first frame", "middle", "cut"])
+def test_damaged_flac_is_invalid_audio(where: str) -> None:
+    data = bytearray(_encode(_speech()[:48000], 16000, "FLAC"))
+    if where == "cut":
+        del data[len(data) // 2 :]
+    else:
+        at = {"streaminfo": 8, "first frame": 60, "middle": len(data) // 2}[where]
+        data[at : at + 64] = np.random.default_rng(at).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    with pytest.raises(InvalidAudio):  # 400, whichever check sees it first
+        decode_audio(bytes(data), content_type="audio/flac")
 
 
 def test_too_long_is_refused_from_the_header() -> None:

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.api.deps import AdmittedRequest, EnrollCaller, EnrollFormData, RequestId, RequestWaiting, State
+from app.api.deps import EnrollCall
 from app.api.forms import Forms, openapi_body
 from app.api.routes.openapi import problems
 from app.api.schemas import EnrollResponse
@@ -21,26 +21,20 @@ def build_router(forms: Forms) -> APIRouter:
         openapi_extra=openapi_body(forms.enroll),
         responses=problems(400, 401, 403, 409, 413, 415, 422, 429, 503, 504),
     )
-    async def enroll(
-        state: State,
-        caller: EnrollCaller,
-        request_id: RequestId,
-        form: EnrollFormData,
-        admitted: AdmittedRequest,
-        waiting: RequestWaiting,
-    ) -> EnrollResponse:
+    async def enroll(call: EnrollCall) -> EnrollResponse:
         """Each recording needs at least `min_speech_seconds` of speech; the speaker counts as enrolled
         once the voiceprint holds `enroll_speech_seconds`. Nothing is stored unless every recording is
         accepted. A recording unlike the rest of the voiceprint (cosine below the threshold) is still
         added, with a warning, or refused with 409 `unlike_voiceprint` (VOXGATE_UNLIKE_VOICEPRINT=refuse). A
         recording already in the voiceprint (the same decoded audio) is refused with 409 `duplicate_audio`,
         or added with a warning (VOXGATE_DUPLICATE_ENROLLMENT=warn)."""
+        state, caller, form = call.state, call.caller, call.form
         async with state.gate.audit.audited(
-            caller.tenant, caller.key_id, "enroll", form.speaker_id, request_id
+            caller.tenant, caller.key_id, "enroll", form.speaker_id, call.request_id
         ) as note:
-            recordings = await state.intake.decode(form.audio, admitted, waiting)
+            recordings = await state.intake.decode(form.audio, call.admitted, call.waiting)
             result = await state.speakers.enroll(
-                caller.tenant, form.speaker_id, recordings, form.metadata, waiting
+                caller.tenant, form.speaker_id, recordings, form.metadata, call.waiting
             )
             note.detail = (
                 f"{result.added_utterances} recordings added; the voiceprint holds {result.utterances} "
