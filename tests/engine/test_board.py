@@ -12,7 +12,7 @@ import pytest
 
 from app.core.errors import Overloaded
 from app.engine.admission import SharedMemoryBudget, SharedOnTheirWay
-from app.engine.arena import Arena, ArenaView
+from app.engine.arena import KEEP_BYTES, RELEASE_BYTES, Arena, ArenaView
 from app.engine.board import Board
 from app.engine.load import Load
 
@@ -82,4 +82,28 @@ def test_the_arena_hands_audio_across_and_reuses_its_blocks() -> None:
         arena.put(np.zeros(10, dtype=np.float32))
     arena.free(big)
     view.close()
+    arena.close()
+
+
+def test_the_arena_keeps_the_memory_steady_traffic_reuses_and_hands_back_a_bursts() -> None:
+    """A memfd's st_blocks count the pages it holds: the blocks steady traffic cycles through stay
+    (handing them back after every request cost more than the rest of the arena's work), the pages a
+    burst wrote beyond ``KEEP_BYTES`` go back to the kernel once freed."""
+    arena = Arena(KEEP_BYTES + 8 * RELEASE_BYTES)
+
+    def held() -> int:
+        return os.fstat(arena.fd).st_blocks * 512
+
+    wave = np.ones(48000, dtype=np.float32)  # 3 s at 16 kHz
+    for _ in range(3):
+        arena.free(arena.put(wave))
+    assert wave.nbytes <= held() <= 2 * wave.nbytes
+    burst = [arena.put(np.ones(RELEASE_BYTES // 4, dtype=np.float32)) for _ in range(6)]
+    assert held() >= 6 * RELEASE_BYTES
+    for offset in burst:
+        arena.free(offset)
+    assert arena.used_bytes == 0
+    assert held() <= KEEP_BYTES
+    arena.free(arena.put(wave))  # the arena is still whole and usable
+    assert arena.used_bytes == 0
     arena.close()
