@@ -107,12 +107,15 @@ def probe_flac() -> bytes:
     return buf.getvalue()
 
 
-def export_fixture(cache: Path) -> Path:
-    out = cache / "titanet-reduced"
+def export_fixture(cache: Path, tree: Path = REPO, tag: str = "current") -> Path:
+    """The reduced TitaNet-L exported by ``tree``'s own exporter (a baseline reads only the manifest
+    format of its day)."""
+    out = cache / f"titanet-reduced-{tag}"
     if not (out / "manifest.json").is_file():
         subprocess.run(
             [sys.executable, "-m", "app.cli", "export", "--nemo", str(NEMO_FIXTURE), "--out", str(out)],
-            cwd=REPO,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
             check=True,
             capture_output=True,
         )
@@ -161,6 +164,11 @@ def measure(
     if design.startswith("baseline"):
         cwd = baseline_tree(args.baseline_ref, work)
         env["PYTHONPATH"] = str(cwd)
+        if model == "titanet-reduced":
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", args.baseline_ref], cwd=REPO, capture_output=True, text=True
+            ).stdout.strip()
+            env["VOXGATE_MODEL_DIR"] = str(export_fixture(args.cache, cwd, commit or args.baseline_ref))
         if design.startswith("baseline-w"):
             env["VOXGATE_WORKERS"] = design.removeprefix("baseline-w")
     else:

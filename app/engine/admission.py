@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from app.core.errors import AudioTooLarge, Overloaded
+from app.core.errors import AudioTooLarge, Overloaded, RequestCancelled
 from app.core.memory import trim_heap
 from app.core.periodic import Periodic
 from app.engine.board import Board
@@ -146,6 +146,9 @@ class Reservation:
     held: int = 0
     spare: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Once released (the request ended) nothing more is taken: work of a cancelled request that was
+    # already on a decoding thread would otherwise hold budget for good.
+    _released: bool = field(default=False, repr=False)
 
     def prepay(self, n: int, what: str) -> None:
         """Hold ``n`` more bytes for later use (refused like ``grow``)."""
@@ -166,17 +169,21 @@ class Reservation:
     def _take(self, n: int, what: str) -> None:
         if n <= 0:
             return
-        if self.held + n > self.budget.limit_bytes:
-            raise AudioTooLarge(
-                f"{what} needs {self.held + n} bytes in all; this server holds at most "
-                f"{self.budget.limit_bytes} bytes for requests",
-                max_request_bytes=self.budget.limit_bytes,
-            )
-        if not self.budget.try_take(n):
-            raise Overloaded(
-                f"memory for requests is in use: {what} does not fit now", retry_after_s=1.0, reason="memory"
-            )
         with self._lock:
+            if self._released:
+                raise RequestCancelled(f"the request ended before {what} was reserved")
+            if self.held + n > self.budget.limit_bytes:
+                raise AudioTooLarge(
+                    f"{what} needs {self.held + n} bytes in all; this server holds at most "
+                    f"{self.budget.limit_bytes} bytes for requests",
+                    max_request_bytes=self.budget.limit_bytes,
+                )
+            if not self.budget.try_take(n):
+                raise Overloaded(
+                    f"memory for requests is in use: {what} does not fit now",
+                    retry_after_s=1.0,
+                    reason="memory",
+                )
             self.held += n
 
     def shrink(self, n: int) -> None:
@@ -186,7 +193,7 @@ class Reservation:
 
     def release(self) -> None:
         with self._lock:
-            n, self.held, self.spare = self.held, 0, 0
+            n, self.held, self.spare, self._released = self.held, 0, 0, True
         self.budget.give_back(n)
 
 

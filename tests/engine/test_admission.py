@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from app.api.multipart import UploadedFile
 from app.audio.decode import BLOCK_SAMPLES, OpenedUpload, decode_audio
 from app.audio.vad import speech_seconds
-from app.core.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded
+from app.core.errors import AudioTooLarge, AudioTooLong, DeadlineExceeded, Overloaded, RequestCancelled
 from app.engine import admission as admission_module
-from app.engine.admission import Admission, HeapTrimmer, MemoryBudget
+from app.engine.admission import Admission, HeapTrimmer, MemoryBudget, Reservation
 from app.engine.config import BatcherConfig
 from app.engine.engine import EmbeddingEngine, Waiting
 from app.engine.intake import AudioIntake
@@ -364,3 +364,107 @@ def test_the_heap_is_trimmed_twice_once_a_burst_has_let_go(monkeypatch: pytest.M
     budget.give_back(MB)
     asyncio.run(trimmer.step())
     assert len(trims) == 2
+
+
+def _intake_setup(workers: int = 1) -> tuple[AudioIntake, MemoryBudget, Admission]:
+    engine = EmbeddingEngine(
+        FakeBackend(), fake_manifest(), metrics=EngineMetrics(CollectorRegistry()), warmup=False
+    )
+    budget = MemoryBudget(64 * MB)
+    return (
+        AudioIntake(workers=workers, max_seconds=30.0),
+        budget,
+        Admission(engine, budget, max_queue_wait_s=60.0),
+    )
+
+
+@pytest.mark.parametrize("threads_busy", [False, True])
+def test_one_upload_decodes_the_same_in_one_trip_or_two(threads_busy: bool) -> None:
+    """A free decoding thread takes one upload's header, checks and decoding in one trip; with every
+    thread busy the header is read beside the pool first. Same recording, same refusals, all memory
+    given back either way."""
+    intake, budget, admission = _intake_setup()
+    flac = encode(short_speech(3.0), fmt="FLAC")
+    too_long = encode(looped_speech(40.0), fmt="FLAC")
+    if threads_busy:
+        intake._busy = intake.workers  # as if every thread were decoding another request's audio
+    try:
+        admitted = admission.admit(len(flac), time.monotonic() + 30)
+        admitted.body_read()  # as the route's form reading does: on its way to the engine from here
+        (recording,) = asyncio.run(
+            intake.decode(
+                [UploadedFile("audio", "a.flac", None, flac)], admitted, Waiting(time.monotonic() + 30)
+            )
+        )
+        admitted.release()
+        np.testing.assert_array_equal(recording.waveform, decode_audio(flac).waveform)
+        admitted = admission.admit(len(too_long), time.monotonic() + 30)
+        admitted.body_read()
+        with pytest.raises(AudioTooLong) as refused:
+            asyncio.run(
+                intake.decode(
+                    [UploadedFile("audio", "long.flac", None, too_long)],
+                    admitted,
+                    Waiting(time.monotonic() + 30),
+                )
+            )
+        admitted.release()
+        assert refused.value.extra["file"] == "long.flac"
+    finally:
+        intake.close()
+    assert budget.used_bytes == 0
+    nothing_on_its_way = Admission(admission.engine, MemoryBudget(MB), max_queue_wait_s=60.0)
+    assert admission.expected_wait_s() == nothing_on_its_way.expected_wait_s()
+
+
+def test_a_request_cancelled_while_its_upload_is_on_a_thread_holds_no_memory_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client went away while a decoding thread was reading its upload's header: the request ends
+    (its reservation released) before the thread reserves the decoded audio, and that late reservation
+    is refused instead of holding budget for good."""
+    intake, budget, admission = _intake_setup()
+    flac = encode(short_speech(3.0), fmt="FLAC")
+    on_thread, go_on = threading.Event(), threading.Event()
+    real_init = OpenedUpload.__init__
+
+    def slow_open(self: OpenedUpload, *args: Any, **kwargs: Any) -> None:
+        on_thread.set()
+        go_on.wait(10)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenedUpload, "__init__", slow_open)
+
+    async def scenario() -> None:
+        admitted = admission.admit(len(flac), time.monotonic() + 30)
+        admitted.body_read()
+        upload = UploadedFile("audio", "a.flac", None, flac)
+        task = asyncio.create_task(intake.decode([upload], admitted, Waiting(time.monotonic() + 30)))
+        assert await asyncio.to_thread(on_thread.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        admitted.release()  # what the request's dependency does when it ends
+
+    try:
+        asyncio.run(scenario())
+        go_on.set()
+        intake._pool.submit(lambda: None).result(timeout=10)  # the thread's trip has ended by now
+    finally:
+        go_on.set()
+        intake.close()
+    assert budget.used_bytes == 0
+    nothing_on_its_way = Admission(admission.engine, MemoryBudget(MB), max_queue_wait_s=60.0)
+    assert admission.expected_wait_s() == nothing_on_its_way.expected_wait_s()
+
+
+def test_a_released_reservation_takes_nothing_more() -> None:
+    budget = MemoryBudget(10 * MB)
+    reservation = Reservation(budget)
+    reservation.grow(MB, "a body")
+    reservation.release()
+    with pytest.raises(RequestCancelled):
+        reservation.grow(MB, "late decoded audio")
+    with pytest.raises(RequestCancelled):
+        reservation.prepay(MB, "late decoding")
+    assert budget.used_bytes == 0
