@@ -44,14 +44,12 @@ def run_on_redis(command: str, work: Callable[[aioredis.Redis, Settings], Awaita
     """Run ``work`` with the service's settings and a client of its Redis; its failures are one line."""
     from app.core.crypto import CryptoError
     from app.core.errors import StoreUnavailable
-    from app.core.settings_errors import InvalidSettings, load_settings
+    from app.core.settings_errors import settings_or_report
     from app.store.connection import redis_client
     from app.store.maintenance import MaintenanceError
 
-    try:
-        settings = load_settings()
-    except InvalidSettings as exc:
-        print(f"voxgate: invalid settings\n{exc}", file=sys.stderr)
+    settings = settings_or_report("voxgate")
+    if settings is None:
         return 2
 
     async def run() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.settings_errors import InvalidSettings, load_settings
+    from app.core.settings_errors import settings_or_report
 
-    try:
-        load_settings()  # fail fast: one readable line per bad variable, no traceback
-    except InvalidSettings as exc:
-        print(f"voxgate: invalid settings\n{exc}", file=sys.stderr)
+    if settings_or_report("voxgate") is None:  # fail fast, before anything starts
         return 2
     from app.server.serve import serve
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -58,3 +59,13 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise InvalidSettings(format_validation_error(exc)) from None
+
+
+def settings_or_report(program: str) -> Settings | None:
+    """``load_settings()``, or None after printing why not (one readable line per bad variable, no
+    traceback) for a command that then exits with status 2."""
+    try:
+        return load_settings()
+    except InvalidSettings as exc:
+        print(f"{program}: invalid settings\n{exc}", file=sys.stderr)
+        return None

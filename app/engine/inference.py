@@ -29,7 +29,8 @@ from app.audio.recording import Recording, SpeechGate
 from app.core.errors import RequestCancelled, VoxGateError
 from app.core.logs import configure_logging
 from app.core.process import die_with_parent
-from app.core.settings_errors import InvalidSettings, load_settings
+from app.core.settings import Settings
+from app.core.settings_errors import settings_or_report
 from app.engine import ipc
 from app.engine.arena import ArenaView
 from app.engine.board import Board
@@ -173,8 +174,7 @@ def listen(path: Path) -> socket.socket:
     return listener
 
 
-async def _run(board: Board, listener: socket.socket) -> int:
-    settings = load_settings()
+async def _run(settings: Settings, board: Board, listener: socket.socket) -> int:
     engine = EmbeddingEngine.from_settings(settings)
     generation = board.inference_started(os.getpid())
     await engine.start()
@@ -196,16 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     die_with_parent()
-    try:
-        settings = load_settings()
-    except InvalidSettings as exc:
-        print(f"voxgate inference: invalid settings\n{exc}", file=sys.stderr)
+    settings = settings_or_report("voxgate inference")
+    if settings is None:
         return 2
     configure_logging(settings)
     board = Board.attach(args.board_fd, args.max_workers)
     path = args.runtime_dir / ipc.SOCKET_NAME
     try:
-        return asyncio.run(_run(board, listen(path)))
+        return asyncio.run(_run(settings, board, listen(path)))
     except (ManifestError, SelfCheckFailed, OSError, ValueError) as exc:
         log.error("start-up refused: %s", exc)
         return 1

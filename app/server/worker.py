@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from app.api.factory import create_app
 from app.core.logs import configure_logging
 from app.core.process import available_cpus, die_with_parent
-from app.core.settings_errors import InvalidSettings, load_settings
+from app.core.settings_errors import settings_or_report
 from app.engine.board import Board, WorkerSlot
 from app.engine.remote import RemoteEngine
 from app.server.serve import run_http
@@ -36,10 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     die_with_parent()
-    try:
-        settings = load_settings()
-    except InvalidSettings as exc:
-        print(f"voxgate worker: invalid settings\n{exc}", file=sys.stderr)
+    settings = settings_or_report("voxgate worker")
+    if settings is None:
         return 2
     if settings.decode_workers == 0:  # the cores are shared by every worker
         settings = settings.model_copy(update={"decode_workers": max(1, available_cpus() // args.workers)})
