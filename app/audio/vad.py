@@ -4,10 +4,11 @@ A neural VAD, Silero VAD v6 (MIT, ``app/assets/vad/``), run on the service's own
 The network gives one speech probability per 32 ms frame (512 samples at 16 kHz, each preceded by the
 previous frame's last 64 samples, with the LSTM state carried from frame to frame). ``SpeechModel`` runs
 it on a batch of recordings at once: the batched graph (derived from Silero's "sequence" graph by
-``scripts/derive_batched_vad.py``, two reshapes, every number computed as before) takes up to
-``FRAMES_PER_CALL`` frames of every recording per ``session.run`` and carries each recording's state
-across calls. On the development speech it gives exactly the probabilities of Silero's frame-by-frame
-graph (``app/assets/vad/README.md``; tests/audio/test_vad.py). The probabilities become speech regions
+``scripts/derive_batched_vad.py``: a batch dimension over recordings, and each frame's convolutions as
+one matrix product over all frames of a call) takes up to ``FRAMES_PER_CALL`` frames of every recording
+per ``session.run`` and carries each recording's state across calls. On the development speech it gives
+Silero's probabilities within 5e-5 and exactly its regions (``app/assets/vad/README.md``;
+tests/audio/test_vad.py). The probabilities become speech regions
 with Silero's own rules (``get_speech_timestamps``: speech starts at p >= 0.5, ends after 100 ms below
 0.35, regions of 250 ms or less are dropped, 30 ms of padding each side).
 
@@ -15,7 +16,8 @@ It tells speech from noise, music, tones and hum: those give no speech regions, 
 (``no_speech``) and a recording that is mostly noise counts only its speech. The service runs it in the
 inference engine, batched across the recordings of concurrent requests on the embedding graph's
 execution provider (``app.engine.speech``); ``speech_regions`` here is the same model on one CPU thread,
-for tools and tests. About 1.9 ms of CPU per second of audio whatever the batch (docs/performance.md).
+for tools and tests. About 0.55-0.8 ms of CPU per second of audio on one thread, against 1.8 for
+Silero's graph (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ FRAME_SAMPLES = 512  # 32 ms: the graph's frame
 CONTEXT_SAMPLES = 64  # the previous frame's tail, prepended to each frame
 STATE_SIZE = 128
 # Frames of all recordings together per session.run, which bounds a call's work memory (~4.5 MB for
-# 128 frames of one recording); one recording gets at most 128 frames a call (256: no faster, 64: 2.5
-# instead of 1.9 ms per second of audio), a batch of 32 recordings 64 each.
+# 128 frames of one recording); one recording gets at most 128 frames a call, a batch of 32 recordings
+# 64 each (with Silero's convolutions, 64 a call cost 2.5 instead of 1.9 ms per second of audio; with the
+# matrix products, 32-256 a call are within this machine's noise of each other).
 FRAMES_PER_CALL = 2048
 MAX_FRAMES_PER_RECORDING_CALL = 128
 MIN_FRAMES_PER_RECORDING_CALL = 16
