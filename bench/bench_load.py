@@ -229,9 +229,11 @@ def vm_rss(pid: int) -> int:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of a process (every thread), or of one of its threads."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             rest = f.read().rpartition(")")[2].split()
         return (int(rest[11]) + int(rest[12])) / CLK_TCK  # utime, stime
     except (OSError, IndexError, ValueError):

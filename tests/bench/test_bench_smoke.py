@@ -85,4 +85,7 @@ def test_bench_frontend_measures_cpu_per_request_by_process(tmp_path: Path) -> N
         assert row["frontend_cpu_ms"] > 0, row
     assert rows["w0"]["inference_cpu_ms"] is None
     assert rows["w2"]["inference_cpu_ms"] > 0  # the inference process, told apart by its command line
+    assert rows["w0"]["inference_loop_cpu_ms"] is None
+    # Its main thread (the event loop) is part of it, not all of it: the batchers and the graph run beside.
+    assert 0 < rows["w2"]["inference_loop_cpu_ms"] < rows["w2"]["inference_cpu_ms"]
     assert rows["w2"]["processes"] == 4  # the supervisor, two workers and the inference process
