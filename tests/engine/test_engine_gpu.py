@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from app.audio import vad
 from app.core.settings import Settings
-from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present
+from app.engine.backend import CPU, CUDA, OnnxBackend, cuda_device_present, session_options
 from app.engine.engine import EmbeddingEngine
 from app.engine.manifest import load_manifest
 from tests.support.data import DEFAULT_MODEL_DIR, speech_paths
@@ -68,3 +69,25 @@ def test_cuda_engine_batches_concurrent_requests_like_alone() -> None:
     together, alone = asyncio.run(run())
     for a, b in zip(together, alone, strict=True):
         assert np.abs(a - b).max() < 1e-4
+
+
+def test_speech_detection_runs_wholly_on_cuda_with_the_cpu_s_regions() -> None:
+    """Every node of the VAD graph (its convolutions are matrix products) has a CUDA kernel: the session is
+    built with the CPU fallback forbidden; a batch gives the CPU's probabilities and regions."""
+    options = session_options(1)
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    on_gpu = vad.SpeechModel(providers=[CUDA], options=options)
+    assert on_gpu.provider == CUDA
+    waves = _speech(8)
+    lengths = [len(w) for w in waves]
+    audio = np.zeros((len(waves), max(lengths)), np.float32)
+    for i, w in enumerate(waves):
+        audio[i, : len(w)] = w
+    gpu_probs = on_gpu.probabilities(audio, lengths)
+    cpu_probs = vad.SpeechModel().probabilities(audio, lengths)
+    for row, n in enumerate(lengths):
+        frames = vad.frames_of(n)
+        assert np.abs(gpu_probs[row, :frames] - cpu_probs[row, :frames]).max() < 1e-4
+        assert vad.regions_from_probabilities(gpu_probs[row, :frames], n) == vad.regions_from_probabilities(
+            cpu_probs[row, :frames], n
+        )
