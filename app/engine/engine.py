@@ -278,17 +278,17 @@ class EmbeddingEngine:
         ``regions``: where its speech is, when the caller's VAD already found it (weights long audio's
         segments; without them the VAD runs when the audio is long enough to be segmented)."""
         with _outcome(self.metrics):
-            return await self._embed(waveform, deadline, is_disconnected, regions)
+            return await self._embed(self._check_waveform(waveform), deadline, is_disconnected, regions)
 
     async def _embed(
         self,
-        waveform: np.ndarray,
+        audio: Float32Array,
         deadline: float | None,
         is_disconnected: Callable[[], Awaitable[bool]] | None,
         regions: Sequence[Region] | None,
     ) -> Float32Array:
+        """``embed`` of a waveform that ``_check_waveform`` passed."""
         self._check_running()
-        audio = self._check_waveform(waveform)
         limit = time.monotonic() + self.request_timeout_s
         deadline = limit if deadline is None else min(deadline, limit)
         if time.monotonic() >= deadline:
@@ -338,10 +338,14 @@ class EmbeddingEngine:
         audio = np.ascontiguousarray(waveform, dtype=np.float32)
         if audio.ndim != 1:
             raise InvalidAudio(f"expected a mono waveform (1-D), got shape {audio.shape}")
-        if audio.shape[0] < (self._min_samples if min_samples is None else min_samples):
-            raise InvalidAudio(f"audio shorter than {MIN_SECONDS} s")
+        self._check_length(audio, min_samples)
         if not np.isfinite(audio).all():
             raise InvalidAudio("audio contains NaN or infinite samples")
+        return audio
+
+    def _check_length(self, audio: Float32Array, min_samples: int | None = None) -> Float32Array:
+        if audio.shape[0] < (self._min_samples if min_samples is None else min_samples):
+            raise InvalidAudio(f"audio shorter than {MIN_SECONDS} s")
         return audio
 
     async def _plan(self, audio: Float32Array, regions: Sequence[Region] | None) -> SegmentPlan:
@@ -402,7 +406,7 @@ class EmbeddingEngine:
             ticket = self._speech.submit(waveforms, deadline, asyncio.get_running_loop())
             rows = await self._wait(self._speech, ticket, deadline, waiting.is_disconnected)
         return [
-            r.with_regions(regions_of(row, int(w.shape[0])))
+            replace(r, waveform=w, regions=tuple(regions_of(row, int(w.shape[0]))))
             for r, w, row in zip(recordings, waveforms, rows, strict=True)
         ]
 
@@ -430,9 +434,10 @@ class EmbeddingEngine:
             if trim and regions:
                 waveform = vad.speech_only(waveform, regions)
                 regions = ((0, int(waveform.shape[0])),)  # all of it is speech now
-            raw = await self.embed(
-                waveform, deadline=waiting.deadline, is_disconnected=waiting.is_disconnected, regions=regions
-            )
+            with _outcome(self.metrics):  # find_speech checked the waveform (mono, finite)
+                raw = await self._embed(
+                    self._check_length(waveform), waiting.deadline, waiting.is_disconnected, regions
+                )
             try:
                 return l2_normalize(raw)
             except ValueError as exc:  # a degenerate input the model maps to the zero vector

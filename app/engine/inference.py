@@ -101,6 +101,7 @@ class InferenceServer:
                 ("welcome", self.generation, self.engine.provider, self.engine.speech_provider, selfcheck)
             )
         )
+        answers = ipc.FrameWriter(writer)
         tasks: dict[int, asyncio.Task[None]] = {}
         log.info("worker connected", extra={"worker": worker, "worker_pid": pid})
         try:
@@ -108,7 +109,7 @@ class InferenceServer:
                 message = await ipc.read_message(reader)
                 if message[0] == "analyze":
                     request_id = message[1]
-                    task = asyncio.create_task(self._analyze(message, arena, writer))
+                    task = asyncio.create_task(self._analyze(message, arena, answers))
                     tasks[request_id] = task
                     task.add_done_callback(functools.partial(_forget, tasks, request_id))
                 elif message[0] == "cancel":
@@ -128,9 +129,7 @@ class InferenceServer:
             arena.close()
             log.info("worker disconnected", extra={"worker": worker, "worker_pid": pid})
 
-    async def _analyze(
-        self, message: tuple[Any, ...], arena: ArenaView, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _analyze(self, message: tuple[Any, ...], arena: ArenaView, answers: ipc.FrameWriter) -> None:
         _, request_id, deadline, items, min_speech, drop_non_speech = message
         try:
             # Copied out at once: the worker may reuse its blocks as soon as it has an answer.
@@ -154,8 +153,7 @@ class InferenceServer:
         except Exception as exc:  # a bug: the worker answers 500 with its request id, logged here too
             log.exception("analyze failed")
             answer = ipc.encode_error(request_id, VoxGateError(f"inference failed: {exc!r}"))
-        with contextlib.suppress(OSError, RuntimeError):
-            writer.write(ipc.frame(answer))
+        answers.write(answer)
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: asyncio.Task[None]) -> None:

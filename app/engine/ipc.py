@@ -18,6 +18,7 @@ Messages (worker -> inference):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import marshal
 import socket
 import struct
@@ -40,6 +41,27 @@ class ProtocolError(ConnectionError):
 def frame(message: tuple[Any, ...]) -> bytes:
     payload = marshal.dumps(message)
     return _LENGTH.pack(len(payload)) + payload
+
+
+class FrameWriter:
+    """Messages written in one turn of the event loop leave in one write: the answers to the requests of
+    one batch, which all finish in the same turn, cost one system call and one wake-up of the reader
+    instead of one each (the send was the largest single cost of an answer in the inference process)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def write(self, message: tuple[Any, ...]) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame(message))
+
+    def _flush(self) -> None:
+        data = b"".join(self._frames)
+        self._frames.clear()
+        with contextlib.suppress(OSError, RuntimeError):  # the reader went away: nobody waits for it
+            self._writer.write(data)
 
 
 async def read_message(reader: asyncio.StreamReader) -> tuple[Any, ...]:
