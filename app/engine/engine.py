@@ -395,7 +395,8 @@ class EmbeddingEngine:
         return [future.result() for future in ticket.futures]
 
     async def find_speech(self, recordings: Sequence[Recording], waiting: Waiting) -> list[Recording]:
-        """The recordings with their speech regions, detected together (one batch when they fit)."""
+        """The recordings with their speech regions, detected together (one batch when they fit), and
+        their waveforms as checked (mono float32, finite)."""
         if not recordings:
             raise InvalidRequest("no recordings")
         self._check_running()
