@@ -46,7 +46,7 @@ def frame(message: tuple[Any, ...]) -> bytes:
 class FrameWriter:
     """Messages written in one turn of the event loop leave in one write: the answers to the requests of
     one batch, which all finish in the same turn, cost one system call and one wake-up of the reader
-    instead of one each (the send was the largest single cost of an answer in the inference process)."""
+    instead of one each."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
